@@ -1,0 +1,63 @@
+//! The PostgreSQL pool, the embedded migrations, and telling an outage from a bug.
+
+use crate::config::DbConfig;
+use secrecy::ExposeSecret;
+use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use std::time::Duration;
+
+/// Every migration in `migrations/`, embedded at compile time so the binaries carry them.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Builds the pool without connecting: a service starts even while the database is down and
+/// reports NOT_SERVING until it answers.
+pub fn pool(config: &DbConfig) -> Result<PgPool, sqlx::Error> {
+    let mut options: PgConnectOptions = config.url.expose_secret().parse()?;
+    options = options
+        .application_name("todo")
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+    if !config.statement_cache {
+        // PgBouncer in transaction mode may hand each transaction a different server
+        // connection, where a named prepared statement of ours does not exist.
+        options = options.statement_cache_capacity(0);
+    }
+    Ok(PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .min_connections(0)
+        // Fail fast when the database is away instead of holding the caller past its deadline.
+        .acquire_timeout(Duration::from_secs(3))
+        .idle_timeout(Duration::from_secs(300))
+        .connect_lazy_with(options))
+}
+
+/// Applies pending migrations. sqlx holds a PostgreSQL advisory lock while it migrates, so
+/// several instances starting at once apply each migration exactly once.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// True when the error means "the database cannot be reached or is going away", which clients
+/// should see as UNAVAILABLE and may retry; false for errors that point at a bug.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P0x: shutdown / cannot connect now; 53300: too many
+            // connections; 40001/40P01 are retryable too (serialization failure, deadlock).
+            code.starts_with("08") || code.starts_with("57P") || code == "53300" || code == "40001" || code == "40P01"
+        }),
+        _ => false,
+    }
+}
+
+/// The name of the constraint a database error violated, if any.
+pub fn violated_constraint(error: &sqlx::Error) -> Option<&str> {
+    match error {
+        sqlx::Error::Database(db) => db.constraint(),
+        _ => None,
+    }
+}

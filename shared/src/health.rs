@@ -1,0 +1,50 @@
+//! Health that follows the database: SERVING only while PostgreSQL answers.
+
+use sqlx::PgPool;
+use std::time::Duration;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sets the overall status ("") and each named service's status.
+pub async fn set_all(reporter: &HealthReporter, services: &[&'static str], status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in services {
+        reporter.set_service_status(*name, status).await;
+    }
+}
+
+/// True when the database answers a trivial query in time.
+pub async fn database_answers(pool: &PgPool) -> bool {
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Probes the database every second and keeps the health statuses in step, until aborted.
+pub fn spawn_database_probe(
+    pool: PgPool,
+    reporter: HealthReporter,
+    services: &'static [&'static str],
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let status =
+                if database_answers(&pool).await { ServingStatus::Serving } else { ServingStatus::NotServing };
+            if last != Some(status) {
+                if status == ServingStatus::NotServing {
+                    tracing::warn!("database not answering: health is NOT_SERVING");
+                } else {
+                    tracing::info!("database answering: health is SERVING");
+                }
+                set_all(&reporter, services, status).await;
+                last = Some(status);
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    })
+}

@@ -1,0 +1,15 @@
+//! The parts both services share: configuration from the environment, the database pool and
+//! migrations, access-token verification, the mapping of errors to gRPC statuses, health and
+//! reflection wiring, and telemetry.
+
+pub mod caller;
+pub mod config;
+pub mod db;
+pub mod grpc_server;
+pub mod health;
+pub mod keyring;
+pub mod status;
+pub mod telemetry;
+pub mod token;
+
+pub use caller::Caller;

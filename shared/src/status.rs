@@ -1,0 +1,61 @@
+//! Building gRPC statuses the way the contract promises: a canonical code, a
+//! `google.rpc.ErrorInfo` with an UPPER_SNAKE_CASE reason, and `google.rpc.BadRequest` for
+//! invalid fields. Internal causes are logged here and never put into a status.
+
+use std::collections::HashMap;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The ErrorInfo domain of each service.
+pub const AUTH_DOMAIN: &str = "todo.auth";
+pub const TASK_DOMAIN: &str = "todo.task";
+
+/// A status with an ErrorInfo.
+pub fn with_reason(code: Code, domain: &str, reason: &str, message: impl Into<String>) -> Status {
+    let details = ErrorDetails::with_error_info(reason, domain, HashMap::<String, String>::new());
+    Status::with_error_details(code, message, details)
+}
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: &'static str,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: &'static str, description: impl Into<String>) -> Self {
+        Self { field, description: description.into() }
+    }
+}
+
+/// INVALID_ARGUMENT naming every bad field, with reason INVALID_ARGUMENT.
+pub fn invalid_argument(domain: &str, violations: &[FieldViolation]) -> Status {
+    let message = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut details = ErrorDetails::with_error_info("INVALID_ARGUMENT", domain, HashMap::<String, String>::new());
+    for v in violations {
+        details.add_bad_request_violation(v.field, v.description.clone());
+    }
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
+/// Maps a database error: an outage is UNAVAILABLE (retryable), anything else INTERNAL with a
+/// generic message. The cause is logged with its chain, never sent.
+pub fn database_error(domain: &str, error: &sqlx::Error) -> Status {
+    if crate::db::is_unavailable(error) {
+        tracing::warn!(error = %error, "database unavailable");
+        with_reason(Code::Unavailable, domain, "DATABASE_UNAVAILABLE", "the database is unavailable; retry later")
+    } else {
+        tracing::error!(error = ?error, "database error");
+        internal(domain)
+    }
+}
+
+/// INTERNAL without any detail of the cause (which the caller has already logged).
+pub fn internal(domain: &str) -> Status {
+    with_reason(Code::Internal, domain, "INTERNAL", "internal error")
+}

@@ -1,0 +1,37 @@
+//! Logging: `RUST_LOG` filters (default `info`), `LOG_FORMAT` is `text` or `json`.
+
+use crate::config::{ConfigError, Env, optional};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        match optional(env, "LOG_FORMAT").map(|v| v.to_ascii_lowercase()).as_deref() {
+            None | Some("text") => Ok(LogFormat::Text),
+            Some("json") => Ok(LogFormat::Json),
+            Some(other) => Err(ConfigError::new("LOG_FORMAT", format!("expected text or json, got {other:?}"))),
+        }
+    }
+}
+
+/// Installs the global subscriber. `RUST_LOG` is checked first so that a typo is reported.
+pub fn init(env: &dyn Env) -> Result<(), ConfigError> {
+    let format = LogFormat::from_env(env)?;
+    let filter = match optional(env, "RUST_LOG") {
+        None => EnvFilter::new("info"),
+        Some(spec) => EnvFilter::try_new(&spec)
+            .map_err(|e| ConfigError::new("RUST_LOG", format!("not a valid filter: {e}")))?,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    // A second init (several services in one process) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    Ok(())
+}

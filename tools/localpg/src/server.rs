@@ -1,0 +1,224 @@
+//! Creating, starting and stopping the private server.
+
+use crate::binaries::PgBinaries;
+use std::fs;
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Tests trade durability for speed; the dev stack keeps its data safely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync on: for `devstack`, whose data is kept between runs.
+    Safe,
+    /// fsync off: for throwaway test servers, never for data anyone keeps.
+    Throwaway,
+}
+
+/// A running private server; stopped when dropped, or by the guardian when the process ends.
+pub struct PrivatePostgres {
+    binaries: PgBinaries,
+    root: PathBuf,
+    port: u16,
+    password: String,
+    owner: Option<(u32, u32)>,
+    guardian: Option<Child>,
+}
+
+const SUPERUSER: &str = "postgres";
+
+impl PrivatePostgres {
+    /// Starts a server whose files live under `root` (created if missing; an existing cluster
+    /// there is reused, so a second start keeps the data). With `remove_on_exit` the guardian
+    /// deletes `root` after stopping the server.
+    pub fn start(binaries: PgBinaries, root: &Path, durability: Durability, remove_on_exit: bool) -> Result<Self, String> {
+        let owner = unprivileged_owner()?;
+        fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        let root = root.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", root.display()))?;
+        chown(&root, owner)?;
+        let data = root.join("data");
+        let password_file = root.join("superuser.password");
+
+        if !data.join("PG_VERSION").exists() {
+            let password = random_password();
+            write_private(&password_file, &password, owner)?;
+            fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+            chown(&data, owner)?;
+            run(
+                command(&binaries.program("initdb"), owner, &root)
+                    .arg("-D")
+                    .arg(&data)
+                    .args(["-U", SUPERUSER, "--auth=scram-sha-256", "-E", "UTF8", "--no-locale", "-N"])
+                    .arg(format!("--pwfile={}", password_file.display())),
+                "initdb",
+            )?;
+        }
+        let password = fs::read_to_string(&password_file)
+            .map_err(|e| format!("cannot read {}: {e}", password_file.display()))?
+            .trim()
+            .to_string();
+
+        // A server left running by an earlier, killed run would hold the data folder.
+        let _ = command(&binaries.program("pg_ctl"), owner, &root)
+            .arg("-D")
+            .arg(&data)
+            .args(["stop", "-m", "fast", "-w"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+
+        let port = free_port()?;
+        let mut options = format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=300");
+        if durability == Durability::Throwaway {
+            options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
+        run(
+            command(&binaries.program("pg_ctl"), owner, &root)
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(root.join("server.log"))
+                .args(["-o", &options, "-w", "-t", "60", "start"])
+                .stdout(Stdio::null()),
+            "pg_ctl start",
+        )?;
+
+        let guardian = spawn_guardian(&binaries, owner, &root, &data, remove_on_exit)?;
+        Ok(Self { binaries, root, port, password, owner, guardian: Some(guardian) })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A URL for `database` as the superuser.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}", self.password, self.port)
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.root.join("server.log")
+    }
+
+    /// Stops the server now and waits for it.
+    pub fn stop(&mut self) {
+        let _ = command(&self.binaries.program("pg_ctl"), self.owner, &self.root)
+            .arg("-D")
+            .arg(self.root.join("data"))
+            .args(["stop", "-m", "fast", "-w"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Some(mut guardian) = self.guardian.take() {
+            drop(guardian.stdin.take());
+            let _ = guardian.wait();
+        }
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The user the server runs as: ourselves, or `postgres` when we are root.
+fn unprivileged_owner() -> Result<Option<(u32, u32)>, String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    if let Some(ids) = lookup_user(SUPERUSER) {
+        return Ok(Some(ids));
+    }
+    let status = Command::new("useradd")
+        .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SUPERUSER])
+        .status()
+        .map_err(|e| format!("running as root, and user {SUPERUSER} is missing; useradd failed: {e}"))?;
+    if !status.success() {
+        return Err(format!("running as root, and user {SUPERUSER} is missing; useradd failed"));
+    }
+    lookup_user(SUPERUSER).map(Some).ok_or_else(|| format!("user {SUPERUSER} not found after useradd"))
+}
+
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() > 3 && fields[0] == name).then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))?
+    })
+}
+
+fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| format!("cannot chown {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A file only its owner can read (the server's user must read it for initdb).
+fn write_private(path: &Path, contents: &str, owner: Option<(u32, u32)>) -> Result<(), String> {
+    let mut file = fs::File::create(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+    file.write_all(contents.as_bytes()).map_err(|e| e.to_string())?;
+    chown(path, owner)
+}
+
+fn command(program: &Path, owner: Option<(u32, u32)>, cwd: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(cwd).env_remove("PGDATA").env_remove("PGPORT");
+    // Its own process group: Ctrl-C in a terminal reaches us, and we stop the server in order
+    // after the services have drained.
+    cmd.process_group(0);
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
+    let output = cmd.stderr(Stdio::piped()).output().map_err(|e| format!("{what} could not start: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed: {}", String::from_utf8_lossy(&output.stderr).trim()))
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn random_password() -> String {
+    use rand::Rng;
+    let bytes: [u8; 24] = rand::thread_rng().r#gen();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A shell that waits for our end of its stdin to close (we exited, however), then stops the
+/// server and, for throwaway servers, removes its files.
+fn spawn_guardian(
+    binaries: &PgBinaries,
+    owner: Option<(u32, u32)>,
+    root: &Path,
+    data: &Path,
+    remove_on_exit: bool,
+) -> Result<Child, String> {
+    let script = r#"cat >/dev/null; "$1" -D "$2" stop -m fast -w >/dev/null 2>&1; if [ "$4" = yes ]; then rm -rf "$3"; fi"#;
+    let mut cmd = command(Path::new("/bin/sh"), owner, root);
+    cmd.arg("-c")
+        .arg(script)
+        .arg("guardian")
+        .arg(binaries.program("pg_ctl"))
+        .arg(data)
+        .arg(root)
+        .arg(if remove_on_exit { "yes" } else { "no" })
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd.spawn().map_err(|e| format!("cannot start the guardian process: {e}"))
+}
