@@ -35,7 +35,7 @@ impl Env for ProcessEnv {
     }
 }
 
-impl Env for [(&str, &str)] {
+impl Env for &[(&str, &str)] {
     fn get(&self, var: &str) -> Option<String> {
         self.iter().find(|(k, _)| *k == var).map(|(_, v)| v.to_string())
     }
@@ -178,20 +178,20 @@ mod tests {
     #[test]
     fn db_config_errors_name_the_variable() {
         let env: &[(&str, &str)] = &[];
-        assert_eq!(DbConfig::from_env(env).unwrap_err().var, "DATABASE_URL");
+        assert_eq!(DbConfig::from_env(&env).unwrap_err().var, "DATABASE_URL");
         let env: &[(&str, &str)] = &[("DATABASE_URL", "mysql://x")];
-        assert_eq!(DbConfig::from_env(env).unwrap_err().var, "DATABASE_URL");
+        assert_eq!(DbConfig::from_env(&env).unwrap_err().var, "DATABASE_URL");
         let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), ("DB_MAX_CONNECTIONS", "lots")];
-        let err = DbConfig::from_env(env).unwrap_err();
+        let err = DbConfig::from_env(&env).unwrap_err();
         assert_eq!(err.to_string(), "DB_MAX_CONNECTIONS: expected a whole number, got \"lots\"");
         let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), ("RUN_MIGRATIONS", "maybe")];
-        assert_eq!(DbConfig::from_env(env).unwrap_err().var, "RUN_MIGRATIONS");
+        assert_eq!(DbConfig::from_env(&env).unwrap_err().var, "RUN_MIGRATIONS");
     }
 
     #[test]
     fn debug_hides_the_password() {
         let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://u:hunter2@h/db")];
-        let cfg = DbConfig::from_env(env).unwrap();
+        let cfg = DbConfig::from_env(&env).unwrap();
         assert!(!format!("{cfg:?}").contains("hunter2"));
     }
 }

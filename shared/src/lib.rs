@@ -8,6 +8,7 @@ pub mod db;
 pub mod grpc_server;
 pub mod health;
 pub mod keyring;
+pub mod proto_time;
 pub mod status;
 pub mod telemetry;
 pub mod token;

@@ -29,6 +29,13 @@ impl FieldViolation {
     }
 }
 
+/// Gathers the violations of several parsed fields, so that a client learns of every bad field
+/// in one answer. Pass `parsed.as_ref().err()` for each field.
+pub fn all_valid<const N: usize>(errors: [Option<&FieldViolation>; N]) -> Result<(), Vec<FieldViolation>> {
+    let violations: Vec<FieldViolation> = errors.into_iter().flatten().cloned().collect();
+    if violations.is_empty() { Ok(()) } else { Err(violations) }
+}
+
 /// INVALID_ARGUMENT naming every bad field, with reason INVALID_ARGUMENT.
 pub fn invalid_argument(domain: &str, violations: &[FieldViolation]) -> Status {
     let message = violations

@@ -1,0 +1,75 @@
+//! auth-service settings, read once from the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use todo_shared::config::{ConfigError, DbConfig, Env, TokenConfig, optional, parse_or, seconds, socket_addr};
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub addr: SocketAddr,
+    pub db: DbConfig,
+    pub token: TokenConfig,
+    /// PEM (PKCS#8) Ed25519 private key; None means a fresh key per start (development).
+    pub signing_key_file: Option<PathBuf>,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    /// How long a spent refresh token may still be exchanged, for concurrent refreshes.
+    pub refresh_reuse_grace: Duration,
+    pub bcrypt_cost: u32,
+}
+
+impl AuthConfig {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let bcrypt_cost: u32 = parse_or(env, "BCRYPT_COST", 12, "a whole number")?;
+        if !(4..=31).contains(&bcrypt_cost) {
+            return Err(ConfigError::new("BCRYPT_COST", format!("must be from 4 to 31, got {bcrypt_cost}")));
+        }
+        let signing_key_file = optional(env, "SIGNING_KEY_FILE").map(PathBuf::from);
+        if let Some(path) = &signing_key_file
+            && !path.is_file()
+        {
+            return Err(ConfigError::new("SIGNING_KEY_FILE", format!("{} is not a readable file", path.display())));
+        }
+        Ok(Self {
+            addr: socket_addr(env, "AUTH_ADDR", "127.0.0.1:50051")?,
+            db: DbConfig::from_env(env)?,
+            token: TokenConfig::from_env(env)?,
+            signing_key_file,
+            access_token_ttl: seconds(env, "ACCESS_TOKEN_TTL_SECONDS", 900, 5..=86_400)?,
+            refresh_token_ttl: seconds(env, "REFRESH_TOKEN_TTL_SECONDS", 30 * 86_400, 60..=365 * 86_400)?,
+            refresh_reuse_grace: seconds(env, "REFRESH_REUSE_GRACE_SECONDS", 5, 0..=60)?,
+            bcrypt_cost,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db")];
+        let c = AuthConfig::from_env(&env).unwrap();
+        assert_eq!(c.addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(c.refresh_token_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.bcrypt_cost, 12);
+        assert!(c.db.run_migrations);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, value) in [
+            ("BCRYPT_COST", "3"),
+            ("BCRYPT_COST", "twelve"),
+            ("AUTH_ADDR", "localhost"),
+            ("ACCESS_TOKEN_TTL_SECONDS", "0"),
+            ("SIGNING_KEY_FILE", "/nonexistent/key.pem"),
+        ] {
+            let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), (var, value)];
+            assert_eq!(AuthConfig::from_env(&env).unwrap_err().var, var, "{var}={value}");
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The errors of auth-service and the one place that turns them into gRPC statuses.
+
+use crate::passwords::PasswordError;
+use tonic::{Code, Status};
+use todo_shared::status::{AUTH_DOMAIN, FieldViolation, database_error, internal, invalid_argument, with_reason};
+use todo_shared::token::TokenError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid request")]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("email already registered")]
+    EmailTaken,
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("refresh token reused")]
+    RefreshTokenReused,
+    #[error("password checks overloaded")]
+    Overloaded,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<FieldViolation> for AuthError {
+    fn from(v: FieldViolation) -> Self {
+        AuthError::InvalidArgument(vec![v])
+    }
+}
+
+impl From<Vec<FieldViolation>> for AuthError {
+    fn from(violations: Vec<FieldViolation>) -> Self {
+        AuthError::InvalidArgument(violations)
+    }
+}
+
+impl From<PasswordError> for AuthError {
+    fn from(e: PasswordError) -> Self {
+        match e {
+            PasswordError::Overloaded => AuthError::Overloaded,
+            PasswordError::Failed(msg) => AuthError::Internal(anyhow::anyhow!(msg)),
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(error: AuthError) -> Status {
+        match error {
+            AuthError::InvalidArgument(violations) => invalid_argument(AUTH_DOMAIN, &violations),
+            AuthError::EmailTaken => {
+                with_reason(Code::AlreadyExists, AUTH_DOMAIN, "EMAIL_TAKEN", "an account with this email already exists")
+            }
+            AuthError::InvalidCredentials => {
+                with_reason(Code::Unauthenticated, AUTH_DOMAIN, "INVALID_CREDENTIALS", "invalid email or password")
+            }
+            AuthError::Token(e) => e.into_status(AUTH_DOMAIN),
+            AuthError::RefreshTokenReused => with_reason(
+                Code::Unauthenticated,
+                AUTH_DOMAIN,
+                "REFRESH_TOKEN_REUSED",
+                "this refresh token was already used; the session has been revoked, log in again",
+            ),
+            AuthError::Overloaded => with_reason(
+                Code::ResourceExhausted,
+                AUTH_DOMAIN,
+                "TOO_MANY_ATTEMPTS",
+                "too many password checks in progress; retry shortly",
+            ),
+            AuthError::Db(e) => database_error(AUTH_DOMAIN, &e),
+            AuthError::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                internal(AUTH_DOMAIN)
+            }
+        }
+    }
+}
+
+/// A unique violation on either email constraint means the address is taken.
+pub fn email_taken_or(error: sqlx::Error) -> AuthError {
+    match todo_shared::db::violated_constraint(&error) {
+        Some("users_email_key" | "uq_users_email_lower") => AuthError::EmailTaken,
+        _ => AuthError::Db(error),
+    }
+}

@@ -1,0 +1,73 @@
+//! auth-service: accounts, sessions and tokens (todo.auth.v1.AuthService).
+//!
+//! A library with a thin `main`: `serve` takes a bound listener and a shutdown future, so the
+//! binary passes a signal and the tests pass a oneshot.
+
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod passwords;
+pub mod service;
+pub mod signing_key;
+pub mod store;
+pub mod tokens;
+
+use anyhow::Context;
+use std::future::Future;
+use std::sync::Arc;
+use todo_proto::auth::v1::auth_service_server::AuthServiceServer;
+use todo_shared::keyring::KeyRing;
+use todo_shared::token::TokenVerifier;
+use tokio::net::TcpListener;
+
+pub use config::AuthConfig;
+
+/// The fully qualified service name, as reported by health.
+pub const SERVICE_NAME: &str = "todo.auth.v1.AuthService";
+
+/// Runs auth-service on `listener` until `shutdown` resolves and in-flight calls have finished.
+pub async fn serve(listener: TcpListener, config: AuthConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    tracing::info!(db = ?config.db, "starting auth-service");
+    let pool = todo_shared::db::pool(&config.db)?;
+    if config.db.run_migrations {
+        todo_shared::db::migrate(&pool).await.context("applying migrations")?;
+    }
+    let key = match &config.signing_key_file {
+        Some(path) => signing_key::TokenSigningKey::from_file(path)?,
+        None => {
+            tracing::warn!(
+                "SIGNING_KEY_FILE is not set: signing with a fresh random key made for this run \
+                 (fine for development; in production give a key file so every restart and instance is planned)"
+            );
+            signing_key::TokenSigningKey::generate()?
+        }
+    };
+    key.register(&pool).await.context("registering the signing key")?;
+    tracing::info!(kid = %key.kid, "signing access tokens");
+
+    let ephemeral = key.ephemeral;
+    let issuer = Arc::new(tokens::TokenIssuer::new(key, config.token.clone(), config.access_token_ttl));
+    let keyring = KeyRing::new(pool.clone());
+    if let Err(e) = keyring.reload().await {
+        tracing::warn!(error = %e, "could not load verification keys yet");
+    }
+    let api = service::AuthApi {
+        pool: pool.clone(),
+        hasher: passwords::PasswordHasher::new(config.bcrypt_cost).await?,
+        issuer: issuer.clone(),
+        verifier: Arc::new(TokenVerifier::new(keyring, &config.token)),
+        refresh_ttl: config.refresh_token_ttl,
+        refresh_reuse_grace: config.refresh_reuse_grace,
+    };
+    let routes = tonic::service::Routes::new(AuthServiceServer::new(api));
+    todo_shared::grpc_server::serve(listener, routes, pool.clone(), &[SERVICE_NAME], shutdown).await?;
+
+    if ephemeral {
+        // Nobody will sign with this key again; it verifies until its last token expires.
+        if let Err(e) = issuer.key().retire_after(&pool, config.access_token_ttl).await {
+            tracing::warn!(error = %e, "could not schedule the retirement of the signing key");
+        }
+    }
+    pool.close().await;
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! bcrypt hashing and verification, off the async runtime and bounded.
+//!
+//! Each call runs on tokio's blocking pool, at most one per core at a time; a call that cannot
+//! start within a short wait is refused (RESOURCE_EXHAUSTED) instead of queueing without end.
+//! Unknown users are checked against a dummy hash, so login takes the same time either way.
+
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// How long a call may wait for a free hashing slot before it is refused.
+const QUEUE_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("too many password checks in progress")]
+    Overloaded,
+    #[error("password hashing failed: {0}")]
+    Failed(String),
+}
+
+#[derive(Clone)]
+pub struct PasswordHasher {
+    cost: u32,
+    slots: Arc<Semaphore>,
+    dummy_hash: Arc<str>,
+}
+
+impl PasswordHasher {
+    pub async fn new(cost: u32) -> Result<Self, PasswordError> {
+        let slots = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let dummy = tokio::task::spawn_blocking(move || bcrypt::hash("dummy password for unknown users", cost))
+            .await
+            .map_err(|e| PasswordError::Failed(e.to_string()))?
+            .map_err(|e| PasswordError::Failed(e.to_string()))?;
+        Ok(Self { cost, slots: Arc::new(Semaphore::new(slots)), dummy_hash: dummy.into() })
+    }
+
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+
+    pub async fn hash(&self, password: &str) -> Result<String, PasswordError> {
+        let password = password.to_owned();
+        let cost = self.cost;
+        self.run(move || bcrypt::hash(password, cost).map_err(|e| PasswordError::Failed(e.to_string()))).await
+    }
+
+    /// Whether `password` matches `hash`; with no hash (unknown user), a dummy check that
+    /// takes as long and always fails.
+    pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool, PasswordError> {
+        let password = password.to_owned();
+        let (hash, real) = match hash {
+            Some(h) => (h.to_owned(), true),
+            None => (self.dummy_hash.to_string(), false),
+        };
+        let matched = self
+            .run(move || Ok(bcrypt::verify(password, &hash).unwrap_or(false)))
+            .await?;
+        Ok(real && matched)
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, PasswordError> + Send + 'static,
+    ) -> Result<T, PasswordError> {
+        let permit = tokio::time::timeout(QUEUE_WAIT, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| PasswordError::Overloaded)?
+            .expect("the semaphore is never closed");
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| PasswordError::Failed(e.to_string()))?
+    }
+}

@@ -1,0 +1,279 @@
+//! The AuthService RPCs: parse the request, check, run the store functions, answer.
+
+use crate::domain::{Email, Password, PasswordAttempt};
+use crate::error::{AuthError, email_taken_or};
+use crate::passwords::PasswordHasher;
+use crate::store::{self, RevokeReason, UserRow};
+use crate::tokens::{NewRefreshToken, TokenIssuer, hash_refresh_token, refresh_expiry};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use todo_proto::auth::v1::auth_service_server::AuthService;
+use todo_proto::auth::v1::*;
+use todo_shared::Caller;
+use todo_shared::caller::authenticate;
+use todo_shared::proto_time::{optional_timestamp, timestamp};
+use todo_shared::status::{FieldViolation, all_valid};
+use todo_shared::token::{TokenError, TokenVerifier};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+pub struct AuthApi {
+    pub(crate) pool: PgPool,
+    pub(crate) hasher: PasswordHasher,
+    pub(crate) issuer: Arc<TokenIssuer>,
+    pub(crate) verifier: Arc<TokenVerifier>,
+    pub(crate) refresh_ttl: Duration,
+    pub(crate) refresh_reuse_grace: Duration,
+}
+
+fn user_message(user: &UserRow) -> User {
+    User {
+        id: user.id.to_string(),
+        email: user.email.clone(),
+        create_time: optional_timestamp(user.created_at),
+        update_time: optional_timestamp(user.updated_at),
+    }
+}
+
+impl AuthApi {
+    /// Verifies the access token and checks that its session is still live: auth-service has
+    /// the database at hand, so its own calls see revocation at once.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, AuthError> {
+        let header = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or("invalid"));
+        let caller = authenticate(&self.verifier, header).await?;
+        if !store::session_is_live(&self.pool, &caller).await? {
+            return Err(TokenError::Revoked.into());
+        }
+        Ok(caller)
+    }
+
+    /// Opens a session for `user_id` inside `tx` and returns its first token pair.
+    async fn open_session(&self, tx: &mut sqlx::PgConnection, user_id: Uuid) -> Result<TokenPair, AuthError> {
+        let session_id = store::create_session(&mut *tx, user_id).await?;
+        let refresh = NewRefreshToken::generate();
+        store::insert_refresh_token(&mut *tx, session_id, &refresh.hash, refresh_expiry(self.refresh_ttl)).await?;
+        Ok(self.issuer.pair(user_id, session_id, &refresh)?)
+    }
+
+    /// Re-hashes a password whose stored hash has another cost than the configured one. Runs
+    /// after the reply, so the login that triggers it is not slowed down.
+    fn upgrade_hash_if_needed(&self, user_id: Uuid, session_id: Uuid, stored_hash: &str, password: &str) {
+        let stored_cost = stored_hash.split('$').nth(2).and_then(|c| c.parse::<u32>().ok());
+        if stored_cost == Some(self.hasher.cost()) {
+            return;
+        }
+        let (pool, hasher, password) = (self.pool.clone(), self.hasher.clone(), password.to_owned());
+        tokio::spawn(async move {
+            let caller = Caller { user_id, session_id };
+            match hasher.hash(&password).await {
+                Ok(hash) => {
+                    if let Err(e) = store::set_password_hash(&pool, &caller, &hash).await {
+                        tracing::warn!(error = %e, %user_id, "could not upgrade a password hash");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, %user_id, "could not upgrade a password hash"),
+            }
+        });
+    }
+
+    async fn sign_up(&self, req: SignUpRequest) -> Result<SignUpResponse, AuthError> {
+        let email = Email::parse("email", &req.email);
+        let password = Password::parse("password", req.password);
+        all_valid([email.as_ref().err(), password.as_ref().err()])?;
+        let (email, password) = (email?, password?);
+        let hash = self.hasher.hash(password.expose()).await?;
+        let mut tx = self.pool.begin().await?;
+        let user = store::insert_user(&mut *tx, email.as_str(), &hash).await.map_err(email_taken_or)?;
+        let tokens = self.open_session(&mut tx, user.id).await?;
+        tx.commit().await?;
+        tracing::info!(user_id = %user.id, "signed up");
+        Ok(SignUpResponse { user: Some(user_message(&user)), tokens: Some(tokens) })
+    }
+
+    async fn login(&self, req: LoginRequest) -> Result<LoginResponse, AuthError> {
+        let email_given = req.email.trim().is_empty().then(|| FieldViolation::new("email", "is required"));
+        let password = PasswordAttempt::parse("password", req.password);
+        all_valid([email_given.as_ref(), password.as_ref().err()])?;
+        let password = password?;
+        let credentials = store::credentials_by_email(&self.pool, &Email::normalize_for_lookup(&req.email)).await?;
+        let matched = self.hasher.verify(password.expose(), credentials.as_ref().map(|c| c.password_hash.as_str())).await?;
+        let credentials = match credentials {
+            Some(c) if matched => c,
+            _ => return Err(AuthError::InvalidCredentials),
+        };
+        let mut tx = self.pool.begin().await?;
+        let tokens = self.open_session(&mut tx, credentials.id).await?;
+        tx.commit().await?;
+        self.upgrade_hash_if_needed(credentials.id, Uuid::nil(), &credentials.password_hash, password.expose());
+        Ok(LoginResponse { user: Some(user_message(&credentials.user())), tokens: Some(tokens) })
+    }
+
+    async fn refresh_token(&self, req: RefreshTokenRequest) -> Result<RefreshTokenResponse, AuthError> {
+        if req.refresh_token.is_empty() {
+            return Err(FieldViolation::new("refresh_token", "is required").into());
+        }
+        let hash = hash_refresh_token(&req.refresh_token);
+        let mut tx = self.pool.begin().await?;
+        let Some(state) = store::lock_refresh_token(&mut tx, &hash).await? else {
+            return Err(TokenError::Invalid.into());
+        };
+        if state.session_revoked {
+            return Err(TokenError::Revoked.into());
+        }
+        if state.expires_at <= state.now {
+            return Err(TokenError::Expired.into());
+        }
+        match state.spent_at {
+            // Within the grace window a second refresh of the same token is a client's
+            // concurrent refresh (two tabs), not a thief: it gets a pair of its own.
+            Some(spent_at) if state.now - spent_at <= chrono::Duration::from_std(self.refresh_reuse_grace).unwrap_or_default() => {}
+            Some(_) => {
+                store::revoke_session(&mut *tx, state.session_id, RevokeReason::RefreshTokenReused).await?;
+                tx.commit().await?;
+                tracing::warn!(session_id = %state.session_id, "refresh token reused: session revoked");
+                return Err(AuthError::RefreshTokenReused);
+            }
+            None => store::spend_refresh_token(&mut *tx, &hash).await?,
+        }
+        let refresh = NewRefreshToken::generate();
+        store::insert_refresh_token(&mut *tx, state.session_id, &refresh.hash, refresh_expiry(self.refresh_ttl)).await?;
+        tx.commit().await?;
+        let tokens = self.issuer.pair(state.user_id, state.session_id, &refresh)?;
+        Ok(RefreshTokenResponse { tokens: Some(tokens) })
+    }
+
+    async fn logout(&self, req: LogoutRequest) -> Result<LogoutResponse, AuthError> {
+        if req.refresh_token.is_empty() {
+            return Err(FieldViolation::new("refresh_token", "is required").into());
+        }
+        // Unknown or already revoked: nothing to do, and nothing to tell an attacker.
+        store::revoke_session_of_refresh_token(&self.pool, &hash_refresh_token(&req.refresh_token)).await?;
+        Ok(LogoutResponse {})
+    }
+
+    async fn logout_all(&self, caller: Caller) -> Result<LogoutAllResponse, AuthError> {
+        let revoked = store::revoke_sessions_of(&self.pool, &caller, RevokeReason::LogoutAll).await?;
+        Ok(LogoutAllResponse { revoked_sessions: i32::try_from(revoked).unwrap_or(i32::MAX) })
+    }
+
+    async fn get_current_user(&self, caller: Caller) -> Result<GetCurrentUserResponse, AuthError> {
+        let user = store::user_of(&self.pool, &caller).await?.ok_or(TokenError::Revoked)?;
+        Ok(GetCurrentUserResponse { user: Some(user_message(&user)) })
+    }
+
+    async fn change_password(&self, caller: Caller, req: ChangePasswordRequest) -> Result<ChangePasswordResponse, AuthError> {
+        let current = PasswordAttempt::parse("current_password", req.current_password);
+        let new = Password::parse("new_password", req.new_password);
+        all_valid([current.as_ref().err(), new.as_ref().err()])?;
+        let (current, new) = (current?, new?);
+        let credentials = store::credentials_of(&self.pool, &caller).await?.ok_or(TokenError::Revoked)?;
+        if !self.hasher.verify(current.expose(), Some(&credentials.password_hash)).await? {
+            return Err(AuthError::InvalidCredentials);
+        }
+        let hash = self.hasher.hash(new.expose()).await?;
+        let mut tx = self.pool.begin().await?;
+        store::set_password_hash(&mut *tx, &caller, &hash).await?;
+        // Every existing session ends, the caller's own included: the new pair starts a new one.
+        store::revoke_sessions_of(&mut *tx, &caller, RevokeReason::PasswordChanged).await?;
+        let tokens = self.open_session(&mut tx, caller.user_id).await?;
+        tx.commit().await?;
+        tracing::info!(user_id = %caller.user_id, "password changed; other sessions revoked");
+        Ok(ChangePasswordResponse { tokens: Some(tokens) })
+    }
+
+    async fn delete_account(&self, caller: Caller, req: DeleteAccountRequest) -> Result<DeleteAccountResponse, AuthError> {
+        let password = PasswordAttempt::parse("password", req.password)?;
+        let credentials = store::credentials_of(&self.pool, &caller).await?.ok_or(TokenError::Revoked)?;
+        if !self.hasher.verify(password.expose(), Some(&credentials.password_hash)).await? {
+            return Err(AuthError::InvalidCredentials);
+        }
+        store::delete_user(&self.pool, &caller).await?;
+        tracing::info!(user_id = %caller.user_id, "account deleted");
+        Ok(DeleteAccountResponse {})
+    }
+
+    async fn get_jwks(&self) -> Result<GetJwksResponse, AuthError> {
+        let keys = todo_shared::keyring::active_keys(&self.pool)
+            .await?
+            .into_iter()
+            .map(|row| Jwk {
+                kid: row.kid,
+                kty: "OKP".into(),
+                crv: "Ed25519".into(),
+                alg: "EdDSA".into(),
+                r#use: "sig".into(),
+                x: URL_SAFE_NO_PAD.encode(&row.public_key),
+            })
+            .collect();
+        Ok(GetJwksResponse { keys })
+    }
+
+    async fn validate_token(&self, req: ValidateTokenRequest) -> Result<ValidateTokenResponse, AuthError> {
+        if req.access_token.is_empty() {
+            return Err(FieldViolation::new("access_token", "is required").into());
+        }
+        let claims = self.verifier.verify(&req.access_token).await?;
+        let caller = Caller { user_id: claims.sub, session_id: claims.sid };
+        if !store::session_is_live(&self.pool, &caller).await? {
+            return Err(TokenError::Revoked.into());
+        }
+        let expire_time = chrono::DateTime::from_timestamp(claims.exp, 0).map(timestamp);
+        Ok(ValidateTokenResponse { user_id: claims.sub.to_string(), session_id: claims.sid.to_string(), expire_time })
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    async fn sign_up(&self, request: Request<SignUpRequest>) -> Result<Response<SignUpResponse>, Status> {
+        Ok(Response::new(AuthApi::sign_up(self, request.into_inner()).await?))
+    }
+
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
+        Ok(Response::new(AuthApi::login(self, request.into_inner()).await?))
+    }
+
+    async fn refresh_token(&self, request: Request<RefreshTokenRequest>) -> Result<Response<RefreshTokenResponse>, Status> {
+        Ok(Response::new(AuthApi::refresh_token(self, request.into_inner()).await?))
+    }
+
+    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
+        Ok(Response::new(AuthApi::logout(self, request.into_inner()).await?))
+    }
+
+    async fn logout_all(&self, request: Request<LogoutAllRequest>) -> Result<Response<LogoutAllResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        Ok(Response::new(AuthApi::logout_all(self, caller).await?))
+    }
+
+    async fn get_current_user(
+        &self,
+        request: Request<GetCurrentUserRequest>,
+    ) -> Result<Response<GetCurrentUserResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        Ok(Response::new(AuthApi::get_current_user(self, caller).await?))
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Response<ChangePasswordResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        Ok(Response::new(AuthApi::change_password(self, caller, request.into_inner()).await?))
+    }
+
+    async fn delete_account(&self, request: Request<DeleteAccountRequest>) -> Result<Response<DeleteAccountResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        Ok(Response::new(AuthApi::delete_account(self, caller, request.into_inner()).await?))
+    }
+
+    async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<GetJwksResponse>, Status> {
+        Ok(Response::new(AuthApi::get_jwks(self).await?))
+    }
+
+    async fn validate_token(&self, request: Request<ValidateTokenRequest>) -> Result<Response<ValidateTokenResponse>, Status> {
+        Ok(Response::new(AuthApi::validate_token(self, request.into_inner()).await?))
+    }
+}

@@ -1,0 +1,196 @@
+//! Every SQL statement of auth-service. Functions take any executor, so a handler can run them
+//! on the pool or inside its transaction; those about the caller's own account take the
+//! verified `Caller`.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, Postgres, Transaction};
+use todo_shared::Caller;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRow {
+    pub id: Uuid,
+    pub email: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+pub struct Credentials {
+    pub id: Uuid,
+    pub email: String,
+    pub password_hash: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Credentials {
+    pub fn user(&self) -> UserRow {
+        UserRow { id: self.id, email: self.email.clone(), created_at: self.created_at, updated_at: self.updated_at }
+    }
+}
+
+/// Why a session was revoked, kept in `sessions.revoked_reason`.
+#[derive(Debug, Clone, Copy)]
+pub enum RevokeReason {
+    Logout,
+    LogoutAll,
+    PasswordChanged,
+    RefreshTokenReused,
+}
+
+impl RevokeReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            RevokeReason::Logout => "logout",
+            RevokeReason::LogoutAll => "logout_all",
+            RevokeReason::PasswordChanged => "password_changed",
+            RevokeReason::RefreshTokenReused => "refresh_token_reused",
+        }
+    }
+}
+
+pub async fn insert_user(db: impl PgExecutor<'_>, email: &str, password_hash: &str) -> Result<UserRow, sqlx::Error> {
+    sqlx::query_as("INSERT INTO users (email, password_hash) VALUES ($1, $2) RETURNING id, email, created_at, updated_at")
+        .bind(email)
+        .bind(password_hash)
+        .fetch_one(db)
+        .await
+}
+
+pub async fn credentials_by_email(db: impl PgExecutor<'_>, email: &str) -> Result<Option<Credentials>, sqlx::Error> {
+    sqlx::query_as("SELECT id, email, password_hash, created_at, updated_at FROM users WHERE email = $1")
+        .bind(email)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn credentials_of(db: impl PgExecutor<'_>, caller: &Caller) -> Result<Option<Credentials>, sqlx::Error> {
+    sqlx::query_as("SELECT id, email, password_hash, created_at, updated_at FROM users WHERE id = $1")
+        .bind(caller.user_id)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn user_of(db: impl PgExecutor<'_>, caller: &Caller) -> Result<Option<UserRow>, sqlx::Error> {
+    sqlx::query_as("SELECT id, email, created_at, updated_at FROM users WHERE id = $1")
+        .bind(caller.user_id)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn set_password_hash(db: impl PgExecutor<'_>, caller: &Caller, password_hash: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+        .bind(caller.user_id)
+        .bind(password_hash)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Deletes the caller's account; sessions and tasks go by ON DELETE CASCADE.
+pub async fn delete_user(db: impl PgExecutor<'_>, caller: &Caller) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM users WHERE id = $1").bind(caller.user_id).execute(db).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn create_session(db: impl PgExecutor<'_>, user_id: Uuid) -> Result<Uuid, sqlx::Error> {
+    sqlx::query_scalar("INSERT INTO sessions (user_id) VALUES ($1) RETURNING id").bind(user_id).fetch_one(db).await
+}
+
+pub async fn insert_refresh_token(
+    db: impl PgExecutor<'_>,
+    session_id: Uuid,
+    hash: &[u8; 32],
+    expires_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, expires_at) VALUES ($1, $2, $3)")
+        .bind(&hash[..])
+        .bind(session_id)
+        .bind(expires_at)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// A refresh token with its session, locked until the transaction ends so that concurrent
+/// refreshes of one token are decided one after the other.
+#[derive(sqlx::FromRow)]
+pub struct RefreshTokenState {
+    pub session_id: Uuid,
+    pub user_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+    pub spent_at: Option<DateTime<Utc>>,
+    pub session_revoked: bool,
+    pub now: DateTime<Utc>,
+}
+
+pub async fn lock_refresh_token(
+    tx: &mut Transaction<'_, Postgres>,
+    hash: &[u8; 32],
+) -> Result<Option<RefreshTokenState>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT r.session_id, s.user_id, r.expires_at, r.spent_at, s.revoked_at IS NOT NULL AS session_revoked,
+                now() AS now
+         FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id
+         WHERE r.token_hash = $1
+         FOR UPDATE OF r",
+    )
+    .bind(&hash[..])
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+pub async fn spend_refresh_token(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE refresh_tokens SET spent_at = now() WHERE token_hash = $1 AND spent_at IS NULL")
+        .bind(&hash[..])
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn revoke_session(db: impl PgExecutor<'_>, session_id: Uuid, reason: RevokeReason) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE sessions SET revoked_at = now(), revoked_reason = $2 WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(session_id)
+    .bind(reason.as_str())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Revokes the session a refresh token belongs to, spent or not. Unknown tokens do nothing.
+pub async fn revoke_session_of_refresh_token(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE sessions SET revoked_at = now(), revoked_reason = 'logout'
+         WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1) AND revoked_at IS NULL",
+    )
+    .bind(&hash[..])
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Revokes every live session of the caller; returns how many.
+pub async fn revoke_sessions_of(db: impl PgExecutor<'_>, caller: &Caller, reason: RevokeReason) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE sessions SET revoked_at = now(), revoked_reason = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(caller.user_id)
+    .bind(reason.as_str())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// True when the caller's session exists and is not revoked.
+pub async fn session_is_live(db: impl PgExecutor<'_>, caller: &Caller) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL)",
+    )
+    .bind(caller.session_id)
+    .bind(caller.user_id)
+    .fetch_one(db)
+    .await
+}

@@ -1,0 +1,34 @@
+//! task-service settings, read once from the environment.
+
+use std::net::SocketAddr;
+use todo_shared::config::{ConfigError, DbConfig, Env, TokenConfig, socket_addr};
+
+#[derive(Debug, Clone)]
+pub struct TaskConfig {
+    pub addr: SocketAddr,
+    pub db: DbConfig,
+    pub token: TokenConfig,
+}
+
+impl TaskConfig {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            addr: socket_addr(env, "TASK_ADDR", "127.0.0.1:50052")?,
+            db: DbConfig::from_env(env)?,
+            token: TokenConfig::from_env(env)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db")];
+        assert_eq!(TaskConfig::from_env(&env).unwrap().addr.to_string(), "127.0.0.1:50052");
+        let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), ("TASK_ADDR", "nowhere")];
+        assert_eq!(TaskConfig::from_env(&env).unwrap_err().var, "TASK_ADDR");
+    }
+}

@@ -1,0 +1,46 @@
+//! task-service: each user's tasks (todo.task.v1.TaskService).
+//!
+//! Every call passes through `RequireCaller`, which verifies the access token locally with the
+//! keys auth-service registered in the database; task-service never calls auth-service, so it
+//! starts and serves whether or not auth-service is up.
+
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod page_token;
+pub mod service;
+pub mod store;
+
+use anyhow::Context;
+use std::future::Future;
+use std::sync::Arc;
+use todo_proto::task::v1::task_service_server::TaskServiceServer;
+use todo_shared::caller::RequireCaller;
+use todo_shared::keyring::KeyRing;
+use todo_shared::status::TASK_DOMAIN;
+use todo_shared::token::TokenVerifier;
+use tokio::net::TcpListener;
+
+pub use config::TaskConfig;
+
+/// The fully qualified service name, as reported by health.
+pub const SERVICE_NAME: &str = "todo.task.v1.TaskService";
+
+/// Runs task-service on `listener` until `shutdown` resolves and in-flight calls have finished.
+pub async fn serve(listener: TcpListener, config: TaskConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    tracing::info!(db = ?config.db, "starting task-service");
+    let pool = todo_shared::db::pool(&config.db)?;
+    if config.db.run_migrations {
+        todo_shared::db::migrate(&pool).await.context("applying migrations")?;
+    }
+    let keyring = KeyRing::new(pool.clone());
+    if let Err(e) = keyring.reload().await {
+        tracing::warn!(error = %e, "could not load verification keys yet; will retry on first use");
+    }
+    let verifier = Arc::new(TokenVerifier::new(keyring, &config.token));
+    let api = TaskServiceServer::new(service::TaskApi { pool: pool.clone() });
+    let routes = tonic::service::Routes::new(RequireCaller::new(api, verifier, TASK_DOMAIN));
+    todo_shared::grpc_server::serve(listener, routes, pool.clone(), &[SERVICE_NAME], shutdown).await?;
+    pool.close().await;
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! The TaskService RPCs. `RequireCaller` has verified the token before any of these runs; each
+//! handler takes the `Caller` it established and passes it to the store.
+
+use crate::domain::{Description, Etag, OrderBy, RequestId, TaskId, Title, page_size};
+use crate::error::TaskError;
+use crate::page_token::{self, Cursor, PageTokenError, QueryKey};
+use crate::store::{self, Patch, TaskRow, Written};
+use sqlx::PgPool;
+use todo_proto::task::v1::task_service_server::TaskService;
+use todo_proto::task::v1::*;
+use todo_shared::Caller;
+use todo_shared::proto_time::optional_timestamp;
+use todo_shared::status::{FieldViolation, TASK_DOMAIN, all_valid};
+use tonic::{Request, Response, Status};
+
+pub struct TaskApi {
+    pub(crate) pool: PgPool,
+}
+
+fn task_message(row: TaskRow) -> Task {
+    Task {
+        id: row.id.into(),
+        user_id: row.user_id.to_string(),
+        title: row.title,
+        description: row.description,
+        completed: row.completed,
+        create_time: optional_timestamp(row.created_at),
+        update_time: optional_timestamp(row.updated_at),
+        etag: Etag::format(row.version),
+    }
+}
+
+fn written<T>(outcome: Written<T>) -> Result<T, TaskError> {
+    match outcome {
+        Written::Done(value) => Ok(value),
+        Written::NotFound => Err(TaskError::NotFound),
+        Written::EtagMismatch => Err(TaskError::EtagMismatch),
+    }
+}
+
+impl TaskApi {
+    async fn create_task(&self, caller: Caller, req: CreateTaskRequest) -> Result<CreateTaskResponse, TaskError> {
+        let title = Title::parse(req.title);
+        let description = Description::parse(req.description.unwrap_or_default());
+        let request_id = RequestId::parse(req.request_id);
+        all_valid([title.as_ref().err(), description.as_ref().err(), request_id.as_ref().err()])?;
+        let (title, description, request_id) = (title?, description?, request_id?);
+        let row = match request_id {
+            Some(request_id) => store::insert_once(&self.pool, &caller, &request_id, &title, &description).await?,
+            None => store::insert(&self.pool, &caller, &title, &description).await?,
+        };
+        Ok(CreateTaskResponse { task: Some(task_message(row)) })
+    }
+
+    async fn get_task(&self, caller: Caller, req: GetTaskRequest) -> Result<GetTaskResponse, TaskError> {
+        let TaskId::Valid(id) = TaskId::parse(req.id)? else { return Err(TaskError::NotFound) };
+        let row = store::get(&self.pool, &caller, id).await?.ok_or(TaskError::NotFound)?;
+        Ok(GetTaskResponse { task: Some(task_message(row)) })
+    }
+
+    async fn list_tasks(&self, caller: Caller, req: ListTasksRequest) -> Result<ListTasksResponse, TaskError> {
+        let size = page_size(req.page_size);
+        let order = OrderBy::parse(&req.order_by);
+        all_valid([size.as_ref().err(), order.as_ref().err()])?;
+        let (size, order) = (size?, order?);
+        let key = QueryKey { user_id: caller.user_id, completed: req.completed, order };
+        let after = match req.page_token.as_str() {
+            "" => None,
+            token => Some(page_token::decode(&key, token).map_err(|e: PageTokenError| {
+                FieldViolation::new("page_token", e.to_string())
+            })?),
+        };
+        // One row more than asked tells whether another page follows.
+        let mut rows = store::list(&self.pool, &caller, req.completed, order, after, size + 1).await?;
+        let next_page_token = if rows.len() as i64 > size {
+            rows.truncate(size as usize);
+            let last = rows.last().expect("size is at least 1, so a truncated page has a last row");
+            let time = match order {
+                OrderBy::CreateTimeAsc | OrderBy::CreateTimeDesc => last.created_at,
+                OrderBy::UpdateTimeAsc | OrderBy::UpdateTimeDesc => last.updated_at,
+            };
+            // Rows always get their times from the column defaults and trigger; a NULL could only
+            // come from a hand-written row, which then ends the listing rather than loop.
+            time.map(|time| page_token::encode(&key, Cursor { time, id: last.id })).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(ListTasksResponse { tasks: rows.into_iter().map(task_message).collect(), next_page_token })
+    }
+
+    async fn update_task(&self, caller: Caller, req: UpdateTaskRequest) -> Result<UpdateTaskResponse, TaskError> {
+        let id = TaskId::parse(req.id);
+        let title = req.title.map(Title::parse).transpose();
+        let description = req.description.map(Description::parse).transpose();
+        let etag = Etag::parse(&req.etag);
+        let nothing_to_do = (title.as_ref().is_ok_and(Option::is_none)
+            && description.as_ref().is_ok_and(Option::is_none)
+            && req.completed.is_none())
+        .then(|| FieldViolation::new("title", "no field to update: give at least one of title, description, completed"));
+        all_valid([
+            id.as_ref().err(),
+            title.as_ref().err(),
+            description.as_ref().err(),
+            etag.as_ref().err(),
+            nothing_to_do.as_ref(),
+        ])?;
+        let TaskId::Valid(id) = id? else { return Err(TaskError::NotFound) };
+        let patch = Patch { title: title?, description: description?, completed: req.completed };
+        let row = written(store::update(&self.pool, &caller, id, &patch, etag?).await?)?;
+        Ok(UpdateTaskResponse { task: Some(task_message(row)) })
+    }
+
+    async fn delete_task(&self, caller: Caller, req: DeleteTaskRequest) -> Result<DeleteTaskResponse, TaskError> {
+        let id = TaskId::parse(req.id);
+        let etag = Etag::parse(&req.etag);
+        all_valid([id.as_ref().err(), etag.as_ref().err()])?;
+        let TaskId::Valid(id) = id? else { return Err(TaskError::NotFound) };
+        written(store::delete(&self.pool, &caller, id, etag?).await?)?;
+        Ok(DeleteTaskResponse {})
+    }
+}
+
+#[tonic::async_trait]
+impl TaskService for TaskApi {
+    async fn create_task(&self, request: Request<CreateTaskRequest>) -> Result<Response<CreateTaskResponse>, Status> {
+        let caller = Caller::of(&request, TASK_DOMAIN)?;
+        Ok(Response::new(TaskApi::create_task(self, caller, request.into_inner()).await?))
+    }
+
+    async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<GetTaskResponse>, Status> {
+        let caller = Caller::of(&request, TASK_DOMAIN)?;
+        Ok(Response::new(TaskApi::get_task(self, caller, request.into_inner()).await?))
+    }
+
+    async fn list_tasks(&self, request: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+        let caller = Caller::of(&request, TASK_DOMAIN)?;
+        Ok(Response::new(TaskApi::list_tasks(self, caller, request.into_inner()).await?))
+    }
+
+    async fn update_task(&self, request: Request<UpdateTaskRequest>) -> Result<Response<UpdateTaskResponse>, Status> {
+        let caller = Caller::of(&request, TASK_DOMAIN)?;
+        Ok(Response::new(TaskApi::update_task(self, caller, request.into_inner()).await?))
+    }
+
+    async fn delete_task(&self, request: Request<DeleteTaskRequest>) -> Result<Response<DeleteTaskResponse>, Status> {
+        let caller = Caller::of(&request, TASK_DOMAIN)?;
+        Ok(Response::new(TaskApi::delete_task(self, caller, request.into_inner()).await?))
+    }
+}
