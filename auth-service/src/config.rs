@@ -3,13 +3,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use todo_shared::config::{ConfigError, DbConfig, Env, TokenConfig, optional, parse_or, seconds, socket_addr};
+use todo_shared::config::{ConfigError, DbConfig, Env, TokenConfig, drain_timeout, optional, parse_or, seconds, socket_addr};
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     pub addr: SocketAddr,
     pub db: DbConfig,
     pub token: TokenConfig,
+    /// How long a graceful stop waits for in-flight calls.
+    pub drain_timeout: Duration,
     /// PEM (PKCS#8) Ed25519 private key; None means a fresh key per start (development).
     pub signing_key_file: Option<PathBuf>,
     pub access_token_ttl: Duration,
@@ -35,6 +37,7 @@ impl AuthConfig {
             addr: socket_addr(env, "AUTH_ADDR", "127.0.0.1:50051")?,
             db: DbConfig::from_env(env)?,
             token: TokenConfig::from_env(env)?,
+            drain_timeout: drain_timeout(env)?,
             signing_key_file,
             access_token_ttl: seconds(env, "ACCESS_TOKEN_TTL_SECONDS", 900, 5..=86_400)?,
             refresh_token_ttl: seconds(env, "REFRESH_TOKEN_TTL_SECONDS", 30 * 86_400, 60..=365 * 86_400)?,

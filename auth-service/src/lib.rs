@@ -60,7 +60,7 @@ pub async fn serve(listener: TcpListener, config: AuthConfig, shutdown: impl Fut
         refresh_reuse_grace: config.refresh_reuse_grace,
     };
     let routes = tonic::service::Routes::new(AuthServiceServer::new(api));
-    todo_shared::grpc_server::serve(listener, routes, pool.clone(), &[SERVICE_NAME], shutdown).await?;
+    todo_shared::grpc_server::serve(listener, routes, pool.clone(), &[SERVICE_NAME], config.drain_timeout, shutdown).await?;
 
     if ephemeral {
         // Nobody will sign with this key again; it verifies until its last token expires.

@@ -149,6 +149,11 @@ fn redact_url(url: &str) -> String {
     format!("{}://{}:***{}", &url[..scheme_end], user, tail)
 }
 
+/// How long a stopping server lets in-flight calls finish (`SHUTDOWN_DRAIN_SECONDS`, default 10).
+pub fn drain_timeout(env: &dyn Env) -> Result<Duration, ConfigError> {
+    seconds(env, "SHUTDOWN_DRAIN_SECONDS", 10, 0..=600)
+}
+
 /// Token settings that issuer and verifiers must agree on.
 #[derive(Clone, Debug)]
 pub struct TokenConfig {

@@ -10,13 +10,15 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-/// Serves `routes` on `listener` until `shutdown` resolves, then lets in-flight calls finish.
+/// Serves `routes` on `listener` until `shutdown` resolves, then lets in-flight calls finish for
+/// at most `drain`; calls still open then (long streams such as health Watch) are cut.
 /// `services` are the fully qualified names reported by the health service.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     pool: PgPool,
     services: &'static [&'static str],
+    drain: Duration,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -34,21 +36,34 @@ pub async fn serve(
 
     let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
 
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
-        tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+        tracing::info!(?drain, "shutting down: health NOT_SERVING, draining in-flight calls");
         probe.abort();
         crate::health::set_all(&reporter, services, ServingStatus::NotServing).await;
+        let _ = draining_tx.send(());
     };
 
     tracing::info!(addr = %listener.local_addr()?, "serving");
-    Server::builder()
+    let server = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    let drain_over = async move {
+        // Err means the shutdown future was dropped: the server has already returned.
+        if draining_rx.await.is_ok() {
+            tokio::time::sleep(drain).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = server => result?,
+        _ = drain_over => tracing::warn!("drain time over: closing the calls still open"),
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-/// How often a miss may trigger a reload: an attacker's random `kid`s cost one query a second.
-const MISS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// How often misses may trigger a reload: an attacker's random `kid`s cost at most four
+/// queries a second, however many they send.
+const MISS_RELOAD_INTERVAL: Duration = Duration::from_millis(250);
 /// How often known keys are refreshed anyway, so a retired key stops verifying.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -36,7 +37,15 @@ pub async fn active_keys(pool: &PgPool) -> Result<Vec<PublicKeyRow>, sqlx::Error
 
 struct Loaded {
     keys: Arc<HashMap<String, DecodingKey>>,
+    /// When the query that loaded these keys began: a reload that began after a caller's miss
+    /// has seen every key registered before that caller's token was issued.
     at: Option<Instant>,
+}
+
+struct Snapshot {
+    key: Option<DecodingKey>,
+    age: Option<Duration>,
+    loaded_at: Option<Instant>,
 }
 
 /// A cache of the verifying keys by `kid`.
@@ -62,41 +71,43 @@ impl KeyRing {
         }
     }
 
-    /// The key for `kid`, reloading from the database when it is unknown (rate-limited) or when
-    /// the cache is older than the refresh interval.
+    /// The key for `kid`. An unknown `kid` (a key registered after the last load) triggers a
+    /// reload; concurrent misses share one, and reloads are at least MISS_RELOAD_INTERVAL apart,
+    /// waiting out the rest of the interval rather than refusing a key that may be new. Known keys
+    /// are refreshed every REFRESH_INTERVAL so that retired keys drop out.
     pub async fn get(&self, kid: &str) -> Result<DecodingKey, KeyLookupError> {
-        let (hit, age) = self.lookup(kid);
-        match hit {
-            Some(key) if age.is_some_and(|a| a < REFRESH_INTERVAL) => return Ok(key),
-            Some(key) => {
-                // Stale but known: answer now; a failed refresh keeps the old keys.
-                if let Err(e) = self.reload_if_older_than(REFRESH_INTERVAL).await {
-                    tracing::warn!(error = %e, "could not refresh signing keys");
-                }
-                return Ok(self.lookup(kid).0.unwrap_or(key));
-            }
-            None => {}
+        let asked = Instant::now();
+        let seen = self.snapshot(kid);
+        if let Some(key) = &seen.key
+            && seen.age.is_some_and(|age| age < REFRESH_INTERVAL)
+        {
+            return Ok(key.clone());
         }
-        self.reload_if_older_than(MISS_RELOAD_INTERVAL).await.map_err(KeyLookupError::Database)?;
-        self.lookup(kid).0.ok_or(KeyLookupError::UnknownKid)
-    }
-
-    fn lookup(&self, kid: &str) -> (Option<DecodingKey>, Option<Duration>) {
-        let loaded = self.loaded.read().expect("key ring lock is never poisoned: no panics inside");
-        (loaded.keys.get(kid).cloned(), loaded.at.map(|at| at.elapsed()))
-    }
-
-    async fn reload_if_older_than(&self, max_age: Duration) -> Result<(), sqlx::Error> {
         let _guard = self.reload_lock.lock().await;
-        // Another caller may have reloaded while this one waited for the lock.
-        if self.lookup("").1.is_some_and(|age| age < max_age) {
-            return Ok(());
+        let now = self.snapshot(kid);
+        if now.loaded_at.is_none_or(|at| at < asked) {
+            if let Some(age) = now.age
+                && age < MISS_RELOAD_INTERVAL
+            {
+                tokio::time::sleep(MISS_RELOAD_INTERVAL - age).await;
+            }
+            if let Err(e) = self.reload().await {
+                // A known key stays usable while the database is away; an unknown one cannot be.
+                return seen.key.ok_or(KeyLookupError::Database(e));
+            }
         }
-        self.reload().await
+        // Either we reloaded, or a reload began after we were asked: its answer is final.
+        self.snapshot(kid).key.ok_or(KeyLookupError::UnknownKid)
+    }
+
+    fn snapshot(&self, kid: &str) -> Snapshot {
+        let loaded = self.loaded.read().expect("key ring lock is never poisoned: no panics inside");
+        Snapshot { key: loaded.keys.get(kid).cloned(), age: loaded.at.map(|at| at.elapsed()), loaded_at: loaded.at }
     }
 
     /// Loads every active key now.
     pub async fn reload(&self) -> Result<(), sqlx::Error> {
+        let started = Instant::now();
         let rows = active_keys(&self.pool).await?;
         let keys = rows
             .into_iter()
@@ -104,7 +115,7 @@ impl KeyRing {
             .map(|row| (row.kid, DecodingKey::from_ed_der(&row.public_key)))
             .collect::<HashMap<_, _>>();
         let mut loaded = self.loaded.write().expect("key ring lock is never poisoned: no panics inside");
-        *loaded = Loaded { keys: Arc::new(keys), at: Some(Instant::now()) };
+        *loaded = Loaded { keys: Arc::new(keys), at: Some(started) };
         Ok(())
     }
 }

@@ -1,13 +1,16 @@
 //! task-service settings, read once from the environment.
 
 use std::net::SocketAddr;
-use todo_shared::config::{ConfigError, DbConfig, Env, TokenConfig, socket_addr};
+use std::time::Duration;
+use todo_shared::config::{ConfigError, DbConfig, Env, TokenConfig, drain_timeout, socket_addr};
 
 #[derive(Debug, Clone)]
 pub struct TaskConfig {
     pub addr: SocketAddr,
     pub db: DbConfig,
     pub token: TokenConfig,
+    /// How long a graceful stop waits for in-flight calls.
+    pub drain_timeout: Duration,
 }
 
 impl TaskConfig {
@@ -16,6 +19,7 @@ impl TaskConfig {
             addr: socket_addr(env, "TASK_ADDR", "127.0.0.1:50052")?,
             db: DbConfig::from_env(env)?,
             token: TokenConfig::from_env(env)?,
+            drain_timeout: drain_timeout(env)?,
         })
     }
 }

@@ -40,7 +40,7 @@ pub async fn serve(listener: TcpListener, config: TaskConfig, shutdown: impl Fut
     let verifier = Arc::new(TokenVerifier::new(keyring, &config.token));
     let api = TaskServiceServer::new(service::TaskApi { pool: pool.clone() });
     let routes = tonic::service::Routes::new(RequireCaller::new(api, verifier, TASK_DOMAIN));
-    todo_shared::grpc_server::serve(listener, routes, pool.clone(), &[SERVICE_NAME], shutdown).await?;
+    todo_shared::grpc_server::serve(listener, routes, pool.clone(), &[SERVICE_NAME], config.drain_timeout, shutdown).await?;
     pool.close().await;
     Ok(())
 }

@@ -1,0 +1,9 @@
+//! auth-service end to end: the real server on port 0 over a fresh database, called through the
+//! generated client, asserting codes, ErrorInfo reasons and what is in the database.
+
+mod account;
+mod login;
+mod refresh;
+mod server;
+mod sign_up;
+mod tokens;

@@ -1,0 +1,91 @@
+use testkit::TestApp;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+async fn wait_for_status(channel: tonic::transport::Channel, service: &str, want: ServingStatus) {
+    let mut health = HealthClient::new(channel);
+    // Bounded: the probe runs once a second.
+    for _ in 0..50 {
+        if let Ok(r) = health.check(HealthCheckRequest { service: service.into() }).await
+            && r.into_inner().status == want as i32
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{service:?} never became {want:?}");
+}
+
+#[tokio::test]
+async fn health_is_serving_for_the_server_and_the_named_services() {
+    let app = TestApp::spawn().await;
+    for service in ["", "todo.auth.v1.AuthService"] {
+        wait_for_status(testkit::channel(app.auth_server.addr).await, service, ServingStatus::Serving).await;
+    }
+    for service in ["", "todo.task.v1.TaskService"] {
+        wait_for_status(testkit::channel(app.task_server.addr).await, service, ServingStatus::Serving).await;
+    }
+    let err = HealthClient::new(testkit::channel(app.auth_server.addr).await)
+        .check(HealthCheckRequest { service: "no.such.Service".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_describe_both_services() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let app = TestApp::spawn().await;
+    let channel = testkit::channel(app.auth_server.addr).await;
+
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let mut stream = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("expected a service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for name in ["todo.auth.v1.AuthService", "grpc.health.v1.Health"] {
+        assert!(names.contains(&name.to_string()), "{names:?}");
+    }
+
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "todo.task.v1.TaskService".into(),
+        )),
+    };
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let mut stream = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    assert!(matches!(
+        response.message_response,
+        Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(_))
+    ));
+}
+
+#[tokio::test]
+async fn shutdown_turns_health_not_serving_and_returns_cleanly() {
+    let db = testkit::test_database::TestDatabase::new().await;
+    let server = testkit::spawn_auth(testkit::auth_config(&db)).await;
+    let channel = testkit::channel(server.addr).await;
+    wait_for_status(channel.clone(), "", ServingStatus::Serving).await;
+    let mut watch = HealthClient::new(channel).watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+    let stopped = tokio::spawn(server.stop());
+    // The watcher sees NOT_SERVING before the stream ends.
+    let mut saw_not_serving = false;
+    while let Ok(Some(update)) = watch.message().await {
+        if update.status == ServingStatus::NotServing as i32 {
+            saw_not_serving = true;
+            break;
+        }
+    }
+    assert!(saw_not_serving);
+    stopped.await.unwrap().unwrap();
+}

@@ -1,0 +1,87 @@
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use testkit::{TestApp, assert_error, authed};
+use todo_proto::auth::v1::*;
+use tonic::Code;
+
+#[tokio::test]
+async fn jwks_lists_the_key_that_signs_and_it_verifies() {
+    let app = TestApp::spawn().await;
+    let (user, tokens) = app.sign_up("sam@example.com").await;
+    let keys = app.auth.clone().get_jwks(GetJwksRequest {}).await.unwrap().into_inner().keys;
+    assert_eq!(keys.len(), 1);
+    let jwk = &keys[0];
+    assert_eq!((jwk.kty.as_str(), jwk.crv.as_str(), jwk.alg.as_str(), jwk.r#use.as_str()), ("OKP", "Ed25519", "EdDSA", "sig"));
+    let header = jsonwebtoken::decode_header(&tokens.access_token).unwrap();
+    assert_eq!(header.kid.as_deref(), Some(jwk.kid.as_str()));
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+
+    // A client verifying with nothing but the JWKS.
+    let key = jsonwebtoken::DecodingKey::from_ed_components(&jwk.x).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&[testkit::AUDIENCE]);
+    validation.set_issuer(&[testkit::ISSUER]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(&tokens.access_token, &key, &validation).unwrap().claims;
+    assert_eq!(claims["sub"], user.id);
+    for claim in ["sid", "iat", "exp", "jti"] {
+        assert!(claims.get(claim).is_some(), "claim {claim}");
+    }
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 900);
+    assert_eq!(URL_SAFE_NO_PAD.decode(&jwk.x).unwrap().len(), 32);
+}
+
+#[tokio::test]
+async fn validate_token_answers_for_live_sessions_only() {
+    let app = TestApp::spawn().await;
+    let (user, tokens) = app.sign_up("tia@example.com").await;
+    let valid = app
+        .auth
+        .clone()
+        .validate_token(ValidateTokenRequest { access_token: tokens.access_token.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(valid.user_id, user.id);
+    assert!(!valid.session_id.is_empty());
+    let expire = valid.expire_time.unwrap().seconds;
+    let now = chrono::Utc::now().timestamp();
+    assert!((now + 890..=now + 905).contains(&expire));
+
+    let err = app.auth.clone().validate_token(ValidateTokenRequest { access_token: "x.y.z".into() }).await.unwrap_err();
+    assert_error(&err, Code::Unauthenticated, "INVALID_TOKEN");
+    let err = app.auth.clone().validate_token(ValidateTokenRequest { access_token: "".into() }).await.unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
+    // A refresh token is not an access token.
+    let err = app.auth.clone().validate_token(ValidateTokenRequest { access_token: tokens.refresh_token.clone() }).await.unwrap_err();
+    assert_error(&err, Code::Unauthenticated, "INVALID_TOKEN");
+
+    app.auth.clone().logout(LogoutRequest { refresh_token: tokens.refresh_token }).await.unwrap();
+    let err = app.auth.clone().validate_token(ValidateTokenRequest { access_token: tokens.access_token }).await.unwrap_err();
+    assert_error(&err, Code::Unauthenticated, "SESSION_REVOKED");
+}
+
+#[tokio::test]
+async fn a_restarted_instance_signs_with_a_new_key_and_old_tokens_still_verify() {
+    let db = testkit::test_database::TestDatabase::new().await;
+    let first = testkit::spawn_auth(testkit::auth_config(&db)).await;
+    let mut client = auth_service_client::AuthServiceClient::new(testkit::channel(first.addr).await);
+    let tokens = client
+        .sign_up(SignUpRequest { email: "uma@example.com".into(), password: testkit::PASSWORD.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    first.stop().await.unwrap();
+
+    let second = testkit::spawn_auth(testkit::auth_config(&db)).await;
+    let mut client = auth_service_client::AuthServiceClient::new(testkit::channel(second.addr).await);
+    let keys = client.get_jwks(GetJwksRequest {}).await.unwrap().into_inner().keys;
+    assert_eq!(keys.len(), 2, "the stopped instance's key verifies until its tokens expire");
+    client.get_current_user(authed(GetCurrentUserRequest {}, &tokens.access_token)).await.unwrap();
+    let retired: i64 = sqlx::query_scalar("SELECT count(*) FROM signing_keys WHERE retired_at > now() + interval '800 seconds'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(retired, 1, "the development key of the stopped instance retires after one access lifetime");
+}

@@ -1,0 +1,8 @@
+//! task-service end to end: the real servers on port 0 over a fresh database, tokens from the
+//! real auth-service (or minted by a test key to attack the verifier), generated clients.
+
+mod attacks;
+mod list;
+mod startup;
+mod tasks;
+mod token_minting;

@@ -1,0 +1,64 @@
+//! A signing key of the test's own, to mint tokens auth-service would never issue.
+
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+pub struct TestKey {
+    pub signing: SigningKey,
+    pub kid: String,
+}
+
+impl TestKey {
+    pub fn new(kid: &str) -> Self {
+        use rand::RngCore;
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        TestKey { signing: SigningKey::from_bytes(&secret), kid: kid.into() }
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        self.signing.verifying_key().to_bytes()
+    }
+
+    /// Registers the public key as an auth-service instance would.
+    pub async fn register(&self, pool: &sqlx::PgPool) {
+        sqlx::query("INSERT INTO signing_keys (kid, public_key) VALUES ($1, $2)")
+            .bind(&self.kid)
+            .bind(&self.public_key()[..])
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+
+    pub fn header(&self) -> Header {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some("at+jwt".into());
+        header
+    }
+
+    pub fn sign(&self, header: &Header, claims: &Value) -> String {
+        let der = self.signing.to_pkcs8_der().unwrap();
+        jsonwebtoken::encode(header, claims, &EncodingKey::from_ed_der(der.as_bytes())).unwrap()
+    }
+
+    pub fn sign_claims(&self, claims: &Value) -> String {
+        self.sign(&self.header(), claims)
+    }
+}
+
+/// Claims auth-service would issue for this user, valid for a minute.
+pub fn good_claims(user_id: &str) -> Value {
+    let now = chrono::Utc::now().timestamp();
+    json!({
+        "iss": testkit::ISSUER,
+        "aud": testkit::AUDIENCE,
+        "sub": user_id,
+        "sid": uuid::Uuid::new_v4(),
+        "iat": now,
+        "exp": now + 60,
+        "jti": uuid::Uuid::new_v4(),
+    })
+}

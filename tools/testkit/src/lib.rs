@@ -1,0 +1,190 @@
+//! What the integration tests of both services share: the real servers on port 0 over a fresh,
+//! migrated database, their generated clients, and reading the error details of a status.
+
+use localpg::test_database::TestDatabase;
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::time::Duration;
+use todo_proto::auth::v1::auth_service_client::AuthServiceClient;
+use todo_proto::auth::v1::{SignUpRequest, TokenPair, User};
+use todo_proto::task::v1::task_service_client::TaskServiceClient;
+use todo_shared::config::{DbConfig, TokenConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+pub use localpg::test_database;
+
+pub const ISSUER: &str = "todo-auth";
+pub const AUDIENCE: &str = "todo";
+/// bcrypt's minimum: tests exercise the logic, not the cost.
+pub const TEST_BCRYPT_COST: u32 = 4;
+
+/// A running server and the means to stop it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl RunningServer {
+    /// Signals shutdown and waits until the server has drained and returned.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.handle.take().expect("stop is called once").await.expect("the server task does not panic")
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn db_config(db: &TestDatabase) -> DbConfig {
+    DbConfig { url: SecretString::from(db.url.clone()), max_connections: 5, statement_cache: true, run_migrations: false }
+}
+
+pub fn token_config() -> TokenConfig {
+    TokenConfig { issuer: ISSUER.into(), audience: AUDIENCE.into() }
+}
+
+pub fn auth_config(db: &TestDatabase) -> auth_service::AuthConfig {
+    auth_service::AuthConfig {
+        addr: "127.0.0.1:0".parse().expect("a valid address"),
+        db: db_config(db),
+        token: token_config(),
+        drain_timeout: Duration::from_secs(2),
+        signing_key_file: None,
+        access_token_ttl: Duration::from_secs(900),
+        refresh_token_ttl: Duration::from_secs(30 * 86_400),
+        refresh_reuse_grace: Duration::from_secs(5),
+        bcrypt_cost: TEST_BCRYPT_COST,
+    }
+}
+
+pub fn task_config(db: &TestDatabase) -> task_service::TaskConfig {
+    task_service::TaskConfig {
+        addr: "127.0.0.1:0".parse().expect("a valid address"),
+        db: db_config(db),
+        token: token_config(),
+        drain_timeout: Duration::from_secs(2),
+    }
+}
+
+/// Binds port 0 first, then spawns: the address is ready before the server task runs.
+async fn spawn_server<F, Fut>(serve: F) -> RunningServer
+where
+    F: FnOnce(TcpListener, oneshot::Receiver<()>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding a loopback port");
+    let addr = listener.local_addr().expect("a bound listener has an address");
+    let (tx, rx) = oneshot::channel();
+    let handle = tokio::spawn(serve(listener, rx));
+    RunningServer { addr, shutdown: Some(tx), handle: Some(handle) }
+}
+
+pub async fn spawn_auth(config: auth_service::AuthConfig) -> RunningServer {
+    spawn_server(|listener, rx| async move {
+        auth_service::serve(listener, config, async move {
+            let _ = rx.await;
+        })
+        .await
+    })
+    .await
+}
+
+pub async fn spawn_task(config: task_service::TaskConfig) -> RunningServer {
+    spawn_server(|listener, rx| async move {
+        task_service::serve(listener, config, async move {
+            let _ = rx.await;
+        })
+        .await
+    })
+    .await
+}
+
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("a valid URI")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .expect("connecting to a server that is listening")
+}
+
+/// Both services over one fresh database, with their clients.
+pub struct TestApp {
+    pub db: TestDatabase,
+    pub auth_server: RunningServer,
+    pub task_server: RunningServer,
+    pub auth: AuthServiceClient<Channel>,
+    pub tasks: TaskServiceClient<Channel>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let db = TestDatabase::new().await;
+        let auth_server = spawn_auth(auth_config(&db)).await;
+        let task_server = spawn_task(task_config(&db)).await;
+        let auth = AuthServiceClient::new(channel(auth_server.addr).await);
+        let tasks = TaskServiceClient::new(channel(task_server.addr).await);
+        TestApp { db, auth_server, task_server, auth, tasks }
+    }
+
+    /// Signs up `email` with a fixed good password.
+    pub async fn sign_up(&self, email: &str) -> (User, TokenPair) {
+        let response = self
+            .auth
+            .clone()
+            .sign_up(SignUpRequest { email: email.into(), password: PASSWORD.into() })
+            .await
+            .expect("sign-up of a new address succeeds")
+            .into_inner();
+        (response.user.expect("SignUp returns the user"), response.tokens.expect("SignUp returns tokens"))
+    }
+}
+
+/// The password `TestApp::sign_up` uses.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn authed<T>(message: T, access_token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {access_token}").parse().expect("a token is valid ASCII metadata"));
+    request
+}
+
+/// The ErrorInfo reason of a status ("" if it has none).
+pub fn reason(status: &tonic::Status) -> String {
+    status.get_details_error_info().map(|info| info.reason).unwrap_or_default()
+}
+
+/// The ErrorInfo domain of a status ("" if it has none).
+pub fn domain(status: &tonic::Status) -> String {
+    status.get_details_error_info().map(|info| info.domain).unwrap_or_default()
+}
+
+/// The fields named by the status's BadRequest.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|br| br.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// Asserts code and reason, printing the whole status when they differ.
+#[track_caller]
+pub fn assert_error(status: &tonic::Status, code: tonic::Code, expected_reason: &str) {
+    assert_eq!((status.code(), reason(status).as_str()), (code, expected_reason), "unexpected status: {status:?}");
+}
