@@ -3,7 +3,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use todo_shared::config::{ConfigError, DbConfig, Env, TokenConfig, drain_timeout, optional, parse_or, seconds, socket_addr};
+use todo_shared::config::{
+    ConfigError, DbConfig, Env, TokenConfig, drain_timeout, optional, parse_or, seconds, socket_addr,
+};
+
+/// Where the service listens unless AUTH_ADDR says otherwise.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -34,7 +39,7 @@ impl AuthConfig {
             return Err(ConfigError::new("SIGNING_KEY_FILE", format!("{} is not a readable file", path.display())));
         }
         Ok(Self {
-            addr: socket_addr(env, "AUTH_ADDR", "127.0.0.1:50051")?,
+            addr: socket_addr(env, "AUTH_ADDR", DEFAULT_ADDR)?,
             db: DbConfig::from_env(env)?,
             token: TokenConfig::from_env(env)?,
             drain_timeout: drain_timeout(env)?,

@@ -38,7 +38,9 @@ impl Email {
 
 /// local@domain with a dotted domain of letters, digits and hyphens, no spaces or controls.
 fn is_plausible_address(email: &str) -> bool {
-    let Some((local, domain)) = email.rsplit_once('@') else { return false };
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return false;
+    };
     if local.is_empty() || local.len() > 64 || local.contains('@') {
         return false;
     }
@@ -77,7 +79,10 @@ impl Password {
         if len > Self::MAX_BYTES {
             return Err(FieldViolation::new(
                 field,
-                format!("must be at most {} bytes (bcrypt's limit; longer passwords are refused, not cut)", Self::MAX_BYTES),
+                format!(
+                    "must be at most {} bytes (bcrypt's limit; longer passwords are refused, not cut)",
+                    Self::MAX_BYTES
+                ),
             ));
         }
         if has_nul {
@@ -115,7 +120,18 @@ mod tests {
     #[test]
     fn emails_are_normalised_and_checked() {
         assert_eq!(Email::parse("email", "  Alice@Example.COM ").unwrap().as_str(), "alice@example.com");
-        for bad in ["", "   ", "alice", "alice@", "@example.com", "alice@example", "a b@example.com", "alice@exa_mple.com", "a..b@example.com", "alice@-example.com"] {
+        for bad in [
+            "",
+            "   ",
+            "alice",
+            "alice@",
+            "@example.com",
+            "alice@example",
+            "a b@example.com",
+            "alice@exa_mple.com",
+            "a..b@example.com",
+            "alice@-example.com",
+        ] {
             let err = Email::parse("email", bad).unwrap_err();
             assert_eq!(err.field, "email", "{bad:?}");
         }

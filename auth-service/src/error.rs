@@ -1,9 +1,9 @@
 //! The errors of auth-service and the one place that turns them into gRPC statuses.
 
 use crate::passwords::PasswordError;
-use tonic::{Code, Status};
 use todo_shared::status::{AUTH_DOMAIN, FieldViolation, database_error, internal, invalid_argument, with_reason};
 use todo_shared::token::TokenError;
+use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -50,9 +50,12 @@ impl From<AuthError> for Status {
     fn from(error: AuthError) -> Status {
         match error {
             AuthError::InvalidArgument(violations) => invalid_argument(AUTH_DOMAIN, &violations),
-            AuthError::EmailTaken => {
-                with_reason(Code::AlreadyExists, AUTH_DOMAIN, "EMAIL_TAKEN", "an account with this email already exists")
-            }
+            AuthError::EmailTaken => with_reason(
+                Code::AlreadyExists,
+                AUTH_DOMAIN,
+                "EMAIL_TAKEN",
+                "an account with this email already exists",
+            ),
             AuthError::InvalidCredentials => {
                 with_reason(Code::Unauthenticated, AUTH_DOMAIN, "INVALID_CREDENTIALS", "invalid email or password")
             }

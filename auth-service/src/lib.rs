@@ -26,7 +26,11 @@ pub use config::AuthConfig;
 pub const SERVICE_NAME: &str = "todo.auth.v1.AuthService";
 
 /// Runs auth-service on `listener` until `shutdown` resolves and in-flight calls have finished.
-pub async fn serve(listener: TcpListener, config: AuthConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    config: AuthConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     tracing::info!(db = ?config.db, "starting auth-service");
     let pool = todo_shared::db::pool(&config.db)?;
     if config.db.run_migrations {
@@ -60,7 +64,8 @@ pub async fn serve(listener: TcpListener, config: AuthConfig, shutdown: impl Fut
         refresh_reuse_grace: config.refresh_reuse_grace,
     };
     let routes = tonic::service::Routes::new(AuthServiceServer::new(api));
-    todo_shared::grpc_server::serve(listener, routes, pool.clone(), &[SERVICE_NAME], config.drain_timeout, shutdown).await?;
+    todo_shared::grpc_server::serve(listener, routes, pool.clone(), &[SERVICE_NAME], config.drain_timeout, shutdown)
+        .await?;
 
     if ephemeral {
         // Nobody will sign with this key again; it verifies until its last token expires.

@@ -1,29 +1,17 @@
-//! The auth-service binary: configuration from the environment, then `auth_service::serve`.
+//! The auth-service binary: `auth_service::serve` with configuration from the environment.
 
-use todo_shared::config::ProcessEnv;
+use todo_shared::service_main::Binary;
 
 #[tokio::main]
-async fn main() {
-    if let Err(e) = todo_shared::telemetry::init(&ProcessEnv) {
-        eprintln!("auth-service: configuration error: {e}");
-        std::process::exit(2);
+async fn main() -> std::process::ExitCode {
+    Binary {
+        name: "auth-service",
+        service: auth_service::SERVICE_NAME,
+        addr_var: "AUTH_ADDR",
+        default_addr: auth_service::config::DEFAULT_ADDR,
+        load: auth_service::AuthConfig::from_env,
+        addr: |config| config.addr,
     }
-    let config = match auth_service::AuthConfig::from_env(&ProcessEnv) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("auth-service: configuration error: {e}");
-            std::process::exit(2);
-        }
-    };
-    let listener = match tokio::net::TcpListener::bind(config.addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("auth-service: cannot listen on {} (AUTH_ADDR): {e}", config.addr);
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = auth_service::serve(listener, config, todo_shared::grpc_server::shutdown_signal()).await {
-        eprintln!("auth-service: {e:#}");
-        std::process::exit(1);
-    }
+    .main(auth_service::serve)
+    .await
 }

@@ -54,9 +54,7 @@ impl PasswordHasher {
             Some(h) => (h.to_owned(), true),
             None => (self.dummy_hash.to_string(), false),
         };
-        let matched = self
-            .run(move || Ok(bcrypt::verify(password, &hash).unwrap_or(false)))
-            .await?;
+        let matched = self.run(move || Ok(bcrypt::verify(password, &hash).unwrap_or(false))).await?;
         Ok(real && matched)
     }
 

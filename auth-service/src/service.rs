@@ -99,7 +99,8 @@ impl AuthApi {
         all_valid([email_given.as_ref(), password.as_ref().err()])?;
         let password = password?;
         let credentials = store::credentials_by_email(&self.pool, &Email::normalize_for_lookup(&req.email)).await?;
-        let matched = self.hasher.verify(password.expose(), credentials.as_ref().map(|c| c.password_hash.as_str())).await?;
+        let matched =
+            self.hasher.verify(password.expose(), credentials.as_ref().map(|c| c.password_hash.as_str())).await?;
         let credentials = match credentials {
             Some(c) if matched => c,
             _ => return Err(AuthError::InvalidCredentials),
@@ -129,7 +130,9 @@ impl AuthApi {
         match state.spent_at {
             // Within the grace window a second refresh of the same token is a client's
             // concurrent refresh (two tabs), not a thief: it gets a pair of its own.
-            Some(spent_at) if state.now - spent_at <= chrono::Duration::from_std(self.refresh_reuse_grace).unwrap_or_default() => {}
+            Some(spent_at)
+                if state.now - spent_at <= chrono::Duration::from_std(self.refresh_reuse_grace).unwrap_or_default() => {
+            }
             Some(_) => {
                 store::revoke_session(&mut *tx, state.session_id, RevokeReason::RefreshTokenReused).await?;
                 tx.commit().await?;
@@ -139,7 +142,8 @@ impl AuthApi {
             None => store::spend_refresh_token(&mut *tx, &hash).await?,
         }
         let refresh = NewRefreshToken::generate();
-        store::insert_refresh_token(&mut *tx, state.session_id, &refresh.hash, refresh_expiry(self.refresh_ttl)).await?;
+        store::insert_refresh_token(&mut *tx, state.session_id, &refresh.hash, refresh_expiry(self.refresh_ttl))
+            .await?;
         tx.commit().await?;
         let tokens = self.issuer.pair(state.user_id, state.session_id, &refresh)?;
         Ok(RefreshTokenResponse { tokens: Some(tokens) })
@@ -164,7 +168,11 @@ impl AuthApi {
         Ok(GetCurrentUserResponse { user: Some(user_message(&user)) })
     }
 
-    async fn change_password(&self, caller: Caller, req: ChangePasswordRequest) -> Result<ChangePasswordResponse, AuthError> {
+    async fn change_password(
+        &self,
+        caller: Caller,
+        req: ChangePasswordRequest,
+    ) -> Result<ChangePasswordResponse, AuthError> {
         let current = PasswordAttempt::parse("current_password", req.current_password);
         let new = Password::parse("new_password", req.new_password);
         all_valid([current.as_ref().err(), new.as_ref().err()])?;
@@ -184,7 +192,11 @@ impl AuthApi {
         Ok(ChangePasswordResponse { tokens: Some(tokens) })
     }
 
-    async fn delete_account(&self, caller: Caller, req: DeleteAccountRequest) -> Result<DeleteAccountResponse, AuthError> {
+    async fn delete_account(
+        &self,
+        caller: Caller,
+        req: DeleteAccountRequest,
+    ) -> Result<DeleteAccountResponse, AuthError> {
         let password = PasswordAttempt::parse("password", req.password)?;
         let credentials = store::credentials_of(&self.pool, &caller).await?.ok_or(TokenError::Revoked)?;
         if !self.hasher.verify(password.expose(), Some(&credentials.password_hash)).await? {
@@ -235,7 +247,10 @@ impl AuthService for AuthApi {
         Ok(Response::new(AuthApi::login(self, request.into_inner()).await?))
     }
 
-    async fn refresh_token(&self, request: Request<RefreshTokenRequest>) -> Result<Response<RefreshTokenResponse>, Status> {
+    async fn refresh_token(
+        &self,
+        request: Request<RefreshTokenRequest>,
+    ) -> Result<Response<RefreshTokenResponse>, Status> {
         Ok(Response::new(AuthApi::refresh_token(self, request.into_inner()).await?))
     }
 
@@ -264,7 +279,10 @@ impl AuthService for AuthApi {
         Ok(Response::new(AuthApi::change_password(self, caller, request.into_inner()).await?))
     }
 
-    async fn delete_account(&self, request: Request<DeleteAccountRequest>) -> Result<Response<DeleteAccountResponse>, Status> {
+    async fn delete_account(
+        &self,
+        request: Request<DeleteAccountRequest>,
+    ) -> Result<Response<DeleteAccountResponse>, Status> {
         let caller = self.caller(&request).await?;
         Ok(Response::new(AuthApi::delete_account(self, caller, request.into_inner()).await?))
     }
@@ -273,7 +291,10 @@ impl AuthService for AuthApi {
         Ok(Response::new(AuthApi::get_jwks(self).await?))
     }
 
-    async fn validate_token(&self, request: Request<ValidateTokenRequest>) -> Result<Response<ValidateTokenResponse>, Status> {
+    async fn validate_token(
+        &self,
+        request: Request<ValidateTokenRequest>,
+    ) -> Result<Response<ValidateTokenResponse>, Status> {
         Ok(Response::new(AuthApi::validate_token(self, request.into_inner()).await?))
     }
 }

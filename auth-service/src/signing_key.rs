@@ -54,7 +54,12 @@ impl TokenSigningKey {
     fn from_signing_key(key: &SigningKey, ephemeral: bool) -> anyhow::Result<Self> {
         let der = key.to_pkcs8_der().map_err(|_| anyhow::anyhow!("cannot encode the signing key"))?;
         let public_key = key.verifying_key().to_bytes();
-        Ok(Self { kid: thumbprint(&public_key), encoding_key: EncodingKey::from_ed_der(der.as_bytes()), public_key, ephemeral })
+        Ok(Self {
+            kid: thumbprint(&public_key),
+            encoding_key: EncodingKey::from_ed_der(der.as_bytes()),
+            public_key,
+            ephemeral,
+        })
     }
 
     /// Makes the public key verify from now on (again, if it had been retired).

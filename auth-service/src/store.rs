@@ -51,11 +51,13 @@ impl RevokeReason {
 }
 
 pub async fn insert_user(db: impl PgExecutor<'_>, email: &str, password_hash: &str) -> Result<UserRow, sqlx::Error> {
-    sqlx::query_as("INSERT INTO users (email, password_hash) VALUES ($1, $2) RETURNING id, email, created_at, updated_at")
-        .bind(email)
-        .bind(password_hash)
-        .fetch_one(db)
-        .await
+    sqlx::query_as(
+        "INSERT INTO users (email, password_hash) VALUES ($1, $2) RETURNING id, email, created_at, updated_at",
+    )
+    .bind(email)
+    .bind(password_hash)
+    .fetch_one(db)
+    .await
 }
 
 pub async fn credentials_by_email(db: impl PgExecutor<'_>, email: &str) -> Result<Option<Credentials>, sqlx::Error> {
@@ -79,7 +81,11 @@ pub async fn user_of(db: impl PgExecutor<'_>, caller: &Caller) -> Result<Option<
         .await
 }
 
-pub async fn set_password_hash(db: impl PgExecutor<'_>, caller: &Caller, password_hash: &str) -> Result<(), sqlx::Error> {
+pub async fn set_password_hash(
+    db: impl PgExecutor<'_>,
+    caller: &Caller,
+    password_hash: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
         .bind(caller.user_id)
         .bind(password_hash)
@@ -149,14 +155,17 @@ pub async fn spend_refresh_token(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Re
     Ok(())
 }
 
-pub async fn revoke_session(db: impl PgExecutor<'_>, session_id: Uuid, reason: RevokeReason) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE sessions SET revoked_at = now(), revoked_reason = $2 WHERE id = $1 AND revoked_at IS NULL",
-    )
-    .bind(session_id)
-    .bind(reason.as_str())
-    .execute(db)
-    .await?;
+pub async fn revoke_session(
+    db: impl PgExecutor<'_>,
+    session_id: Uuid,
+    reason: RevokeReason,
+) -> Result<bool, sqlx::Error> {
+    let done =
+        sqlx::query("UPDATE sessions SET revoked_at = now(), revoked_reason = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(session_id)
+            .bind(reason.as_str())
+            .execute(db)
+            .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -173,7 +182,11 @@ pub async fn revoke_session_of_refresh_token(db: impl PgExecutor<'_>, hash: &[u8
 }
 
 /// Revokes every live session of the caller; returns how many.
-pub async fn revoke_sessions_of(db: impl PgExecutor<'_>, caller: &Caller, reason: RevokeReason) -> Result<u64, sqlx::Error> {
+pub async fn revoke_sessions_of(
+    db: impl PgExecutor<'_>,
+    caller: &Caller,
+    reason: RevokeReason,
+) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE sessions SET revoked_at = now(), revoked_reason = $2 WHERE user_id = $1 AND revoked_at IS NULL",
     )
@@ -186,11 +199,9 @@ pub async fn revoke_sessions_of(db: impl PgExecutor<'_>, caller: &Caller, reason
 
 /// True when the caller's session exists and is not revoked.
 pub async fn session_is_live(db: impl PgExecutor<'_>, caller: &Caller) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL)",
-    )
-    .bind(caller.session_id)
-    .bind(caller.user_id)
-    .fetch_one(db)
-    .await
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL)")
+        .bind(caller.session_id)
+        .bind(caller.user_id)
+        .fetch_one(db)
+        .await
 }

@@ -25,11 +25,7 @@ impl Caller {
     /// The caller that `RequireCaller` established for this request.
     pub fn of<T>(request: &tonic::Request<T>, domain: &str) -> Result<Caller, Status> {
         // Absent only if the service was mounted without the layer: refuse rather than serve.
-        request
-            .extensions()
-            .get::<Caller>()
-            .copied()
-            .ok_or_else(|| TokenError::Missing.into_status(domain))
+        request.extensions().get::<Caller>().copied().ok_or_else(|| TokenError::Missing.into_status(domain))
     }
 }
 
@@ -94,10 +90,8 @@ where
         let verifier = self.verifier.clone();
         let domain = self.domain;
         Box::pin(async move {
-            let authorization = request
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .map(|v| v.to_str().unwrap_or("invalid"));
+            let authorization =
+                request.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("invalid"));
             match authenticate(&verifier, authorization).await {
                 Ok(caller) => {
                     request.extensions_mut().insert(caller);

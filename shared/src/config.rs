@@ -50,15 +50,13 @@ pub fn optional(env: &dyn Env, var: &str) -> Option<String> {
 pub fn parse_or<T: FromStr>(env: &dyn Env, var: &'static str, default: T, expected: &str) -> Result<T, ConfigError> {
     match optional(env, var) {
         None => Ok(default),
-        Some(raw) => raw
-            .parse()
-            .map_err(|_| ConfigError::new(var, format!("expected {expected}, got {raw:?}"))),
+        Some(raw) => raw.parse().map_err(|_| ConfigError::new(var, format!("expected {expected}, got {raw:?}"))),
     }
 }
 
 pub fn socket_addr(env: &dyn Env, var: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
-    let default = default.parse().expect("default addresses are valid");
-    parse_or(env, var, default, "a socket address such as 127.0.0.1:50051")
+    let expected = format!("an address such as {default}");
+    parse_or(env, var, default.parse().expect("default addresses are valid"), &expected)
 }
 
 pub fn boolean(env: &dyn Env, var: &'static str, default: bool) -> Result<bool, ConfigError> {
@@ -139,9 +137,13 @@ impl fmt::Debug for DbConfig {
 
 fn redact_url(url: &str) -> String {
     // scheme://user:password@host/... -> scheme://user:***@host/...
-    let Some(scheme_end) = url.find("://") else { return "<unparsable url>".into() };
+    let Some(scheme_end) = url.find("://") else {
+        return "<unparsable url>".into();
+    };
     let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.find('@') else { return url.split('?').next().unwrap_or(url).to_string() };
+    let Some(at) = rest.find('@') else {
+        return url.split('?').next().unwrap_or(url).to_string();
+    };
     let userinfo = &rest[..at];
     let user = userinfo.split(':').next().unwrap_or("");
     let tail = &rest[at..];

@@ -13,9 +13,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// reports NOT_SERVING until it answers.
 pub fn pool(config: &DbConfig) -> Result<PgPool, sqlx::Error> {
     let mut options: PgConnectOptions = config.url.expose_secret().parse()?;
-    options = options
-        .application_name("todo")
-        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+    options =
+        options.application_name("todo").log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
     if !config.statement_cache {
         // PgBouncer in transaction mode may hand each transaction a different server
         // connection, where a named prepared statement of ours does not exist.

@@ -38,11 +38,7 @@ pub fn all_valid<const N: usize>(errors: [Option<&FieldViolation>; N]) -> Result
 
 /// INVALID_ARGUMENT naming every bad field, with reason INVALID_ARGUMENT.
 pub fn invalid_argument(domain: &str, violations: &[FieldViolation]) -> Status {
-    let message = violations
-        .iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let message = violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ");
     let mut details = ErrorDetails::with_error_info("INVALID_ARGUMENT", domain, HashMap::<String, String>::new());
     for v in violations {
         details.add_bad_request_violation(v.field, v.description.clone());

@@ -1,4 +1,4 @@
-//! Logging: `RUST_LOG` filters (default `info`), `LOG_FORMAT` is `text` or `json`.
+//! Logging: `RUST_LOG` filters (default `info`, sqlx notices at `warn`), `LOG_FORMAT` is `text` or `json`.
 
 use crate::config::{ConfigError, Env, optional};
 use tracing_subscriber::EnvFilter;
@@ -23,9 +23,11 @@ impl LogFormat {
 pub fn init(env: &dyn Env) -> Result<(), ConfigError> {
     let format = LogFormat::from_env(env)?;
     let filter = match optional(env, "RUST_LOG") {
-        None => EnvFilter::new("info"),
-        Some(spec) => EnvFilter::try_new(&spec)
-            .map_err(|e| ConfigError::new("RUST_LOG", format!("not a valid filter: {e}")))?,
+        // sqlx reports "relation already exists, skipping" as a notice at every start.
+        None => EnvFilter::new("info,sqlx::postgres::notice=warn"),
+        Some(spec) => {
+            EnvFilter::try_new(&spec).map_err(|e| ConfigError::new("RUST_LOG", format!("not a valid filter: {e}")))?
+        }
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
     // A second init (several services in one process) keeps the first subscriber.

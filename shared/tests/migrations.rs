@@ -62,8 +62,12 @@ async fn the_first_migration_is_the_design_documents_schema() {
 
     has("constraint fk_tasks_user_id on tasks: FOREIGN KEY (user_id) REFERENCES users(id) ON DELETE CASCADE");
     has("constraint users_email_key on users: UNIQUE (email)");
-    has("constraint chk_tasks_title_length on tasks: CHECK (((char_length((title)::text) >= 1) AND (char_length((title)::text) <= 255)))");
-    has("constraint chk_tasks_description_length on tasks: CHECK (((description IS NULL) OR (char_length(description) <= 1000)))");
+    has(
+        "constraint chk_tasks_title_length on tasks: CHECK (((char_length((title)::text) >= 1) AND (char_length((title)::text) <= 255)))",
+    );
+    has(
+        "constraint chk_tasks_description_length on tasks: CHECK (((description IS NULL) OR (char_length(description) <= 1000)))",
+    );
 
     for index in [
         "idx_users_email ON public.users USING btree (email)",
@@ -76,8 +80,12 @@ async fn the_first_migration_is_the_design_documents_schema() {
     ] {
         has(&format!("index CREATE INDEX {index}"));
     }
-    has("trigger CREATE TRIGGER trg_users_updated_at BEFORE UPDATE ON public.users FOR EACH ROW EXECUTE FUNCTION set_updated_at()");
-    has("trigger CREATE TRIGGER trg_tasks_updated_at BEFORE UPDATE ON public.tasks FOR EACH ROW EXECUTE FUNCTION set_updated_at()");
+    has(
+        "trigger CREATE TRIGGER trg_users_updated_at BEFORE UPDATE ON public.users FOR EACH ROW EXECUTE FUNCTION set_updated_at()",
+    );
+    has(
+        "trigger CREATE TRIGGER trg_tasks_updated_at BEFORE UPDATE ON public.tasks FOR EACH ROW EXECUTE FUNCTION set_updated_at()",
+    );
 }
 
 #[tokio::test]
@@ -106,7 +114,11 @@ async fn triggers_keep_updated_at_current_and_deletes_cascade() {
         assert!(fresh, "{table}.updated_at follows updates");
     }
     // The schema's CHECKs hold whoever writes.
-    let err = sqlx::query("INSERT INTO tasks (user_id, title) VALUES ($1, '')").bind(user).execute(&db.pool).await.unwrap_err();
+    let err = sqlx::query("INSERT INTO tasks (user_id, title) VALUES ($1, '')")
+        .bind(user)
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
     assert_eq!(todo_shared::db::violated_constraint(&err), Some("chk_tasks_title_length"));
     sqlx::query("DELETE FROM users").execute(&db.pool).await.unwrap();
     let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks").fetch_one(&db.pool).await.unwrap();

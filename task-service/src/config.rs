@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use todo_shared::config::{ConfigError, DbConfig, Env, TokenConfig, drain_timeout, socket_addr};
 
+/// Where the service listens unless TASK_ADDR says otherwise.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:50052";
+
 #[derive(Debug, Clone)]
 pub struct TaskConfig {
     pub addr: SocketAddr,
@@ -16,7 +19,7 @@ pub struct TaskConfig {
 impl TaskConfig {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            addr: socket_addr(env, "TASK_ADDR", "127.0.0.1:50052")?,
+            addr: socket_addr(env, "TASK_ADDR", DEFAULT_ADDR)?,
             db: DbConfig::from_env(env)?,
             token: TokenConfig::from_env(env)?,
             drain_timeout: drain_timeout(env)?,

@@ -27,7 +27,11 @@ pub use config::TaskConfig;
 pub const SERVICE_NAME: &str = "todo.task.v1.TaskService";
 
 /// Runs task-service on `listener` until `shutdown` resolves and in-flight calls have finished.
-pub async fn serve(listener: TcpListener, config: TaskConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    config: TaskConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     tracing::info!(db = ?config.db, "starting task-service");
     let pool = todo_shared::db::pool(&config.db)?;
     if config.db.run_migrations {
@@ -40,7 +44,8 @@ pub async fn serve(listener: TcpListener, config: TaskConfig, shutdown: impl Fut
     let verifier = Arc::new(TokenVerifier::new(keyring, &config.token));
     let api = TaskServiceServer::new(service::TaskApi { pool: pool.clone() });
     let routes = tonic::service::Routes::new(RequireCaller::new(api, verifier, TASK_DOMAIN));
-    todo_shared::grpc_server::serve(listener, routes, pool.clone(), &[SERVICE_NAME], config.drain_timeout, shutdown).await?;
+    todo_shared::grpc_server::serve(listener, routes, pool.clone(), &[SERVICE_NAME], config.drain_timeout, shutdown)
+        .await?;
     pool.close().await;
     Ok(())
 }

@@ -53,7 +53,9 @@ impl TaskApi {
     }
 
     async fn get_task(&self, caller: Caller, req: GetTaskRequest) -> Result<GetTaskResponse, TaskError> {
-        let TaskId::Valid(id) = TaskId::parse(req.id)? else { return Err(TaskError::NotFound) };
+        let TaskId::Valid(id) = TaskId::parse(req.id)? else {
+            return Err(TaskError::NotFound);
+        };
         let row = store::get(&self.pool, &caller, id).await?.ok_or(TaskError::NotFound)?;
         Ok(GetTaskResponse { task: Some(task_message(row)) })
     }
@@ -66,9 +68,10 @@ impl TaskApi {
         let key = QueryKey { user_id: caller.user_id, completed: req.completed, order };
         let after = match req.page_token.as_str() {
             "" => None,
-            token => Some(page_token::decode(&key, token).map_err(|e: PageTokenError| {
-                FieldViolation::new("page_token", e.to_string())
-            })?),
+            token => Some(
+                page_token::decode(&key, token)
+                    .map_err(|e: PageTokenError| FieldViolation::new("page_token", e.to_string()))?,
+            ),
         };
         // One row more than asked tells whether another page follows.
         let mut rows = store::list(&self.pool, &caller, req.completed, order, after, size + 1).await?;
@@ -96,7 +99,9 @@ impl TaskApi {
         let nothing_to_do = (title.as_ref().is_ok_and(Option::is_none)
             && description.as_ref().is_ok_and(Option::is_none)
             && req.completed.is_none())
-        .then(|| FieldViolation::new("title", "no field to update: give at least one of title, description, completed"));
+        .then(|| {
+            FieldViolation::new("title", "no field to update: give at least one of title, description, completed")
+        });
         all_valid([
             id.as_ref().err(),
             title.as_ref().err(),
@@ -104,7 +109,9 @@ impl TaskApi {
             etag.as_ref().err(),
             nothing_to_do.as_ref(),
         ])?;
-        let TaskId::Valid(id) = id? else { return Err(TaskError::NotFound) };
+        let TaskId::Valid(id) = id? else {
+            return Err(TaskError::NotFound);
+        };
         let patch = Patch { title: title?, description: description?, completed: req.completed };
         let row = written(store::update(&self.pool, &caller, id, &patch, etag?).await?)?;
         Ok(UpdateTaskResponse { task: Some(task_message(row)) })
@@ -114,7 +121,9 @@ impl TaskApi {
         let id = TaskId::parse(req.id);
         let etag = Etag::parse(&req.etag);
         all_valid([id.as_ref().err(), etag.as_ref().err()])?;
-        let TaskId::Valid(id) = id? else { return Err(TaskError::NotFound) };
+        let TaskId::Valid(id) = id? else {
+            return Err(TaskError::NotFound);
+        };
         written(store::delete(&self.pool, &caller, id, etag?).await?)?;
         Ok(DeleteTaskResponse {})
     }

@@ -11,7 +11,8 @@ use uuid::Uuid;
 /// The columns every statement returns. `xmin` (the id of the transaction that wrote this row
 /// version) changes with every update, whoever makes it, so it serves as the etag without a
 /// column of our own.
-const COLUMNS: &str = "id, user_id, title, description, completed, created_at, updated_at, xmin::text::bigint AS version";
+const COLUMNS: &str =
+    "id, user_id, title, description, completed, created_at, updated_at, xmin::text::bigint AS version";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TaskRow {
@@ -32,7 +33,12 @@ pub enum Written<T> {
     EtagMismatch,
 }
 
-pub async fn insert(db: impl PgExecutor<'_>, caller: &Caller, title: &Title, description: &Description) -> Result<TaskRow, sqlx::Error> {
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    caller: &Caller,
+    title: &Title,
+    description: &Description,
+) -> Result<TaskRow, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(format!(
         "INSERT INTO tasks (user_id, title, description) VALUES ($1, $2, $3) RETURNING {COLUMNS}"
     )))
@@ -43,7 +49,11 @@ pub async fn insert(db: impl PgExecutor<'_>, caller: &Caller, title: &Title, des
     .await
 }
 
-async fn by_request_id(db: impl PgExecutor<'_>, caller: &Caller, request_id: &RequestId) -> Result<Option<TaskRow>, sqlx::Error> {
+async fn by_request_id(
+    db: impl PgExecutor<'_>,
+    caller: &Caller,
+    request_id: &RequestId,
+) -> Result<Option<TaskRow>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM tasks
          WHERE user_id = $1 AND id = (SELECT task_id FROM task_create_requests WHERE user_id = $1 AND request_id = $2)"
@@ -147,7 +157,13 @@ pub struct Patch {
     pub completed: Option<bool>,
 }
 
-pub async fn update(pool: &PgPool, caller: &Caller, id: i32, patch: &Patch, etag: Option<Etag>) -> Result<Written<TaskRow>, sqlx::Error> {
+pub async fn update(
+    pool: &PgPool,
+    caller: &Caller,
+    id: i32,
+    patch: &Patch,
+    etag: Option<Etag>,
+) -> Result<Written<TaskRow>, sqlx::Error> {
     let row: Option<TaskRow> = sqlx::query_as(AssertSqlSafe(format!(
         "UPDATE tasks SET
              title = COALESCE($3, title),

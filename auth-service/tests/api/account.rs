@@ -32,9 +32,19 @@ async fn logout_all_revokes_every_session_of_the_caller_only() {
     let revoked = app.auth.clone().logout_all(authed(LogoutAllRequest {}, &first.access_token)).await.unwrap();
     assert_eq!(revoked.into_inner().revoked_sessions, 2);
     for tokens in [&first, &second] {
-        let err = app.auth.clone().get_current_user(authed(GetCurrentUserRequest {}, &tokens.access_token)).await.unwrap_err();
+        let err = app
+            .auth
+            .clone()
+            .get_current_user(authed(GetCurrentUserRequest {}, &tokens.access_token))
+            .await
+            .unwrap_err();
         assert_error(&err, Code::Unauthenticated, "SESSION_REVOKED");
-        let err = app.auth.clone().refresh_token(RefreshTokenRequest { refresh_token: tokens.refresh_token.clone() }).await.unwrap_err();
+        let err = app
+            .auth
+            .clone()
+            .refresh_token(RefreshTokenRequest { refresh_token: tokens.refresh_token.clone() })
+            .await
+            .unwrap_err();
         assert_error(&err, Code::Unauthenticated, "SESSION_REVOKED");
     }
     app.auth.clone().get_current_user(authed(GetCurrentUserRequest {}, &other_user.access_token)).await.unwrap();
@@ -48,7 +58,10 @@ async fn change_password_revokes_old_sessions_and_returns_a_new_pair() {
         .auth
         .clone()
         .change_password(authed(
-            ChangePasswordRequest { current_password: "wrong password".into(), new_password: "brand new password".into() },
+            ChangePasswordRequest {
+                current_password: "wrong password".into(),
+                new_password: "brand new password".into(),
+            },
             &old.access_token,
         ))
         .await
@@ -100,7 +113,11 @@ async fn delete_account_needs_the_password_and_cascades_to_tasks() {
     let (user, tokens) = app.sign_up("pat@example.com").await;
     let (_, other) = app.sign_up("quinn@example.com").await;
     for t in [&tokens, &other] {
-        app.tasks.clone().create_task(authed(CreateTaskRequest { title: "a task".into(), ..Default::default() }, &t.access_token)).await.unwrap();
+        app.tasks
+            .clone()
+            .create_task(authed(CreateTaskRequest { title: "a task".into(), ..Default::default() }, &t.access_token))
+            .await
+            .unwrap();
     }
     let err = app
         .auth
@@ -124,7 +141,8 @@ async fn delete_account_needs_the_password_and_cascades_to_tasks() {
     assert_eq!(count("SELECT count(*) FROM sessions WHERE user_id = $1::uuid").await, 0);
     let remaining: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!(remaining, 1, "the other user's task stays");
-    let err = app.auth.clone().get_current_user(authed(GetCurrentUserRequest {}, &tokens.access_token)).await.unwrap_err();
+    let err =
+        app.auth.clone().get_current_user(authed(GetCurrentUserRequest {}, &tokens.access_token)).await.unwrap_err();
     assert_error(&err, Code::Unauthenticated, "SESSION_REVOKED");
     let err = app
         .auth
@@ -139,7 +157,11 @@ async fn delete_account_needs_the_password_and_cascades_to_tasks() {
 async fn an_expired_refresh_token_is_refused() {
     let app = TestApp::spawn().await;
     let (_, tokens) = app.sign_up("rae@example.com").await;
-    sqlx::query("UPDATE refresh_tokens SET expires_at = now() - interval '1 second'").execute(&app.db.pool).await.unwrap();
-    let err = app.auth.clone().refresh_token(RefreshTokenRequest { refresh_token: tokens.refresh_token }).await.unwrap_err();
+    sqlx::query("UPDATE refresh_tokens SET expires_at = now() - interval '1 second'")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let err =
+        app.auth.clone().refresh_token(RefreshTokenRequest { refresh_token: tokens.refresh_token }).await.unwrap_err();
     assert_error(&err, Code::Unauthenticated, "TOKEN_EXPIRED");
 }

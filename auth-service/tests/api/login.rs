@@ -53,7 +53,8 @@ async fn unknown_email_still_pays_for_a_bcrypt_check() {
     let mut config = testkit::auth_config(&db);
     config.bcrypt_cost = 10;
     let server = testkit::spawn_auth(config).await;
-    let mut client = todo_proto::auth::v1::auth_service_client::AuthServiceClient::new(testkit::channel(server.addr).await);
+    let mut client =
+        todo_proto::auth::v1::auth_service_client::AuthServiceClient::new(testkit::channel(server.addr).await);
     client
         .sign_up(todo_proto::auth::v1::SignUpRequest { email: "gina@example.com".into(), password: PASSWORD.into() })
         .await
@@ -62,7 +63,10 @@ async fn unknown_email_still_pays_for_a_bcrypt_check() {
         let mut client = client.clone();
         async move {
             let start = Instant::now();
-            let err = client.login(LoginRequest { email: email.into(), password: "wrong password".into() }).await.unwrap_err();
+            let err = client
+                .login(LoginRequest { email: email.into(), password: "wrong password".into() })
+                .await
+                .unwrap_err();
             assert_eq!(err.code(), Code::Unauthenticated);
             start.elapsed()
         }

@@ -39,9 +39,13 @@ async fn a_spent_token_presented_after_the_grace_window_revokes_the_session() {
     let mut config = testkit::auth_config(&db);
     config.refresh_reuse_grace = std::time::Duration::ZERO;
     let server = testkit::spawn_auth(config).await;
-    let mut auth = todo_proto::auth::v1::auth_service_client::AuthServiceClient::new(testkit::channel(server.addr).await);
+    let mut auth =
+        todo_proto::auth::v1::auth_service_client::AuthServiceClient::new(testkit::channel(server.addr).await);
     let signed_up = auth
-        .sign_up(todo_proto::auth::v1::SignUpRequest { email: "ivy@example.com".into(), password: testkit::PASSWORD.into() })
+        .sign_up(todo_proto::auth::v1::SignUpRequest {
+            email: "ivy@example.com".into(),
+            password: testkit::PASSWORD.into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -49,7 +53,13 @@ async fn a_spent_token_presented_after_the_grace_window_revokes_the_session() {
         .unwrap();
     let stolen = signed_up.refresh_token.clone();
     // The legitimate client rotates...
-    let legit = auth.refresh_token(RefreshTokenRequest { refresh_token: stolen.clone() }).await.unwrap().into_inner().tokens.unwrap();
+    let legit = auth
+        .refresh_token(RefreshTokenRequest { refresh_token: stolen.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     // ...then the thief presents the spent token.
     let err = auth.refresh_token(RefreshTokenRequest { refresh_token: stolen }).await.unwrap_err();
@@ -82,7 +92,8 @@ async fn concurrent_refreshes_within_the_grace_window_both_succeed() {
 #[tokio::test]
 async fn unknown_and_empty_refresh_tokens() {
     let app = TestApp::spawn().await;
-    let err = app.auth.clone().refresh_token(RefreshTokenRequest { refresh_token: "nonsense".into() }).await.unwrap_err();
+    let err =
+        app.auth.clone().refresh_token(RefreshTokenRequest { refresh_token: "nonsense".into() }).await.unwrap_err();
     assert_error(&err, Code::Unauthenticated, "INVALID_TOKEN");
     let err = app.auth.clone().refresh_token(RefreshTokenRequest { refresh_token: "".into() }).await.unwrap_err();
     assert_error(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
@@ -96,8 +107,10 @@ async fn logout_revokes_the_session_and_is_idempotent() {
         app.auth.clone().logout(LogoutRequest { refresh_token: tokens.refresh_token.clone() }).await.unwrap();
     }
     app.auth.clone().logout(LogoutRequest { refresh_token: "never-issued".into() }).await.unwrap();
-    let err = app.auth.clone().refresh_token(RefreshTokenRequest { refresh_token: tokens.refresh_token }).await.unwrap_err();
+    let err =
+        app.auth.clone().refresh_token(RefreshTokenRequest { refresh_token: tokens.refresh_token }).await.unwrap_err();
     assert_error(&err, Code::Unauthenticated, "SESSION_REVOKED");
-    let err = app.auth.clone().get_current_user(authed(GetCurrentUserRequest {}, &tokens.access_token)).await.unwrap_err();
+    let err =
+        app.auth.clone().get_current_user(authed(GetCurrentUserRequest {}, &tokens.access_token)).await.unwrap_err();
     assert_error(&err, Code::Unauthenticated, "SESSION_REVOKED");
 }

@@ -46,7 +46,8 @@ async fn reflection_v1_and_v1alpha_describe_both_services() {
     let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
     let mut stream = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
     let response = stream.message().await.unwrap().unwrap();
-    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = response.message_response else {
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = response.message_response
+    else {
         panic!("expected a service list");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
@@ -75,7 +76,8 @@ async fn shutdown_turns_health_not_serving_and_returns_cleanly() {
     let server = testkit::spawn_auth(testkit::auth_config(&db)).await;
     let channel = testkit::channel(server.addr).await;
     wait_for_status(channel.clone(), "", ServingStatus::Serving).await;
-    let mut watch = HealthClient::new(channel).watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    let mut watch =
+        HealthClient::new(channel).watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
     assert_eq!(watch.message().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
     let stopped = tokio::spawn(server.stop());
     // The watcher sees NOT_SERVING before the stream ends.

@@ -11,7 +11,10 @@ async fn jwks_lists_the_key_that_signs_and_it_verifies() {
     let keys = app.auth.clone().get_jwks(GetJwksRequest {}).await.unwrap().into_inner().keys;
     assert_eq!(keys.len(), 1);
     let jwk = &keys[0];
-    assert_eq!((jwk.kty.as_str(), jwk.crv.as_str(), jwk.alg.as_str(), jwk.r#use.as_str()), ("OKP", "Ed25519", "EdDSA", "sig"));
+    assert_eq!(
+        (jwk.kty.as_str(), jwk.crv.as_str(), jwk.alg.as_str(), jwk.r#use.as_str()),
+        ("OKP", "Ed25519", "EdDSA", "sig")
+    );
     let header = jsonwebtoken::decode_header(&tokens.access_token).unwrap();
     assert_eq!(header.kid.as_deref(), Some(jwk.kid.as_str()));
     assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
@@ -52,11 +55,17 @@ async fn validate_token_answers_for_live_sessions_only() {
     let err = app.auth.clone().validate_token(ValidateTokenRequest { access_token: "".into() }).await.unwrap_err();
     assert_error(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
     // A refresh token is not an access token.
-    let err = app.auth.clone().validate_token(ValidateTokenRequest { access_token: tokens.refresh_token.clone() }).await.unwrap_err();
+    let err = app
+        .auth
+        .clone()
+        .validate_token(ValidateTokenRequest { access_token: tokens.refresh_token.clone() })
+        .await
+        .unwrap_err();
     assert_error(&err, Code::Unauthenticated, "INVALID_TOKEN");
 
     app.auth.clone().logout(LogoutRequest { refresh_token: tokens.refresh_token }).await.unwrap();
-    let err = app.auth.clone().validate_token(ValidateTokenRequest { access_token: tokens.access_token }).await.unwrap_err();
+    let err =
+        app.auth.clone().validate_token(ValidateTokenRequest { access_token: tokens.access_token }).await.unwrap_err();
     assert_error(&err, Code::Unauthenticated, "SESSION_REVOKED");
 }
 
@@ -79,9 +88,10 @@ async fn a_restarted_instance_signs_with_a_new_key_and_old_tokens_still_verify()
     let keys = client.get_jwks(GetJwksRequest {}).await.unwrap().into_inner().keys;
     assert_eq!(keys.len(), 2, "the stopped instance's key verifies until its tokens expire");
     client.get_current_user(authed(GetCurrentUserRequest {}, &tokens.access_token)).await.unwrap();
-    let retired: i64 = sqlx::query_scalar("SELECT count(*) FROM signing_keys WHERE retired_at > now() + interval '800 seconds'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let retired: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM signing_keys WHERE retired_at > now() + interval '800 seconds'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(retired, 1, "the development key of the stopped instance retires after one access lifetime");
 }

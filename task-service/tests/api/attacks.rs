@@ -35,7 +35,9 @@ async fn a_registered_key_works_and_every_forgery_fails() {
     let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     hs.kid = Some(key.kid.clone());
     hs.typ = Some("at+jwt".into());
-    let forged = jsonwebtoken::encode(&hs, &good_claims(&user.id), &jsonwebtoken::EncodingKey::from_secret(&key.public_key())).unwrap();
+    let forged =
+        jsonwebtoken::encode(&hs, &good_claims(&user.id), &jsonwebtoken::EncodingKey::from_secret(&key.public_key()))
+            .unwrap();
     cases.push(("HS256 with the public key", forged, "INVALID_TOKEN"));
 
     // A foreign key claiming a registered kid.
@@ -96,7 +98,10 @@ async fn a_token_of_a_deleted_account_creates_nothing() {
     let err = app
         .tasks
         .clone()
-        .create_task(authed(todo_proto::task::v1::CreateTaskRequest { title: "boo".into(), ..Default::default() }, &ghost))
+        .create_task(authed(
+            todo_proto::task::v1::CreateTaskRequest { title: "boo".into(), ..Default::default() },
+            &ghost,
+        ))
         .await
         .unwrap_err();
     assert_error(&err, Code::Unauthenticated, "SESSION_REVOKED");

@@ -62,12 +62,25 @@ async fn pages_cover_every_task_once_in_each_order() {
     assert_eq!(ids(&desc), by_creation, "default order is create_time desc");
     by_creation.reverse();
 
-    let (asc, _) = all_pages(&app, &token, ListTasksRequest { page_size: 4, order_by: "create_time".into(), ..Default::default() }).await;
+    let (asc, _) = all_pages(
+        &app,
+        &token,
+        ListTasksRequest { page_size: 4, order_by: "create_time".into(), ..Default::default() },
+    )
+    .await;
     assert_eq!(ids(&asc), by_creation);
 
     for order in ["update_time", "update_time desc"] {
-        let (tasks, _) = all_pages(&app, &token, ListTasksRequest { page_size: 6, order_by: order.into(), ..Default::default() }).await;
-        let mut keys: Vec<_> = tasks.iter().map(|t| { let u = t.update_time.unwrap(); (u.seconds, u.nanos, t.id) }).collect();
+        let (tasks, _) =
+            all_pages(&app, &token, ListTasksRequest { page_size: 6, order_by: order.into(), ..Default::default() })
+                .await;
+        let mut keys: Vec<_> = tasks
+            .iter()
+            .map(|t| {
+                let u = t.update_time.unwrap();
+                (u.seconds, u.nanos, t.id)
+            })
+            .collect();
         assert_eq!(keys.len(), 23);
         let mut sorted = keys.clone();
         sorted.sort();
@@ -79,10 +92,12 @@ async fn pages_cover_every_task_once_in_each_order() {
         assert_eq!(keys.len(), 23);
     }
 
-    let (done, _) = all_pages(&app, &token, ListTasksRequest { page_size: 3, completed: Some(true), ..Default::default() }).await;
+    let (done, _) =
+        all_pages(&app, &token, ListTasksRequest { page_size: 3, completed: Some(true), ..Default::default() }).await;
     assert_eq!(done.len(), 8);
     assert!(done.iter().all(|t| t.completed));
-    let (open, _) = all_pages(&app, &token, ListTasksRequest { page_size: 3, completed: Some(false), ..Default::default() }).await;
+    let (open, _) =
+        all_pages(&app, &token, ListTasksRequest { page_size: 3, completed: Some(false), ..Default::default() }).await;
     assert_eq!(open.len(), 15);
 }
 
@@ -92,18 +107,33 @@ async fn a_page_boundary_survives_inserts_and_deletes() {
     let (_, tokens) = app.sign_up("alice@example.com").await;
     let token = tokens.access_token;
     let created = seed(&app, &token, 10).await;
-    let first = list(&app, &token, ListTasksRequest { page_size: 4, order_by: "create_time".into(), ..Default::default() }).await.unwrap();
+    let first =
+        list(&app, &token, ListTasksRequest { page_size: 4, order_by: "create_time".into(), ..Default::default() })
+            .await
+            .unwrap();
     // Delete a task already seen and add new ones: the next page starts right after the cursor.
-    app.tasks.clone().delete_task(authed(DeleteTaskRequest { id: created[0].id, etag: String::new() }, &token)).await.unwrap();
+    app.tasks
+        .clone()
+        .delete_task(authed(DeleteTaskRequest { id: created[0].id, etag: String::new() }, &token))
+        .await
+        .unwrap();
     seed(&app, &token, 2).await;
     let second = list(
         &app,
         &token,
-        ListTasksRequest { page_size: 4, order_by: "create_time".into(), page_token: first.next_page_token, ..Default::default() },
+        ListTasksRequest {
+            page_size: 4,
+            order_by: "create_time".into(),
+            page_token: first.next_page_token,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
-    assert_eq!(second.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), created[4..8].iter().map(|t| t.id).collect::<Vec<_>>());
+    assert_eq!(
+        second.tasks.iter().map(|t| t.id).collect::<Vec<_>>(),
+        created[4..8].iter().map(|t| t.id).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
@@ -123,13 +153,20 @@ async fn page_size_rules() {
     assert!(!page.next_page_token.is_empty());
     let page = list(&app, &token, ListTasksRequest { page_size: 5000, ..Default::default() }).await.unwrap();
     assert_eq!(page.tasks.len(), 1000, "cut to 1000");
-    let page = list(&app, &token, ListTasksRequest { page_size: 1000, page_token: page.next_page_token, ..Default::default() }).await.unwrap();
+    let page = list(
+        &app,
+        &token,
+        ListTasksRequest { page_size: 1000, page_token: page.next_page_token, ..Default::default() },
+    )
+    .await
+    .unwrap();
     assert_eq!(page.tasks.len(), 2);
     assert!(page.next_page_token.is_empty(), "empty at the end");
     let err = list(&app, &token, ListTasksRequest { page_size: -1, ..Default::default() }).await.unwrap_err();
     assert_error(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
     assert_eq!(bad_fields(&err), ["page_size"]);
-    let err = list(&app, &token, ListTasksRequest { order_by: "title".into(), ..Default::default() }).await.unwrap_err();
+    let err =
+        list(&app, &token, ListTasksRequest { order_by: "title".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(bad_fields(&err), ["order_by"]);
 }
 
@@ -143,8 +180,19 @@ async fn page_tokens_are_bound_to_the_caller_and_the_query() {
     let token = page.next_page_token;
     for (who, request) in [
         (&bob.access_token, ListTasksRequest { page_size: 1, page_token: token.clone(), ..Default::default() }),
-        (&alice.access_token, ListTasksRequest { page_size: 1, page_token: token.clone(), completed: Some(false), ..Default::default() }),
-        (&alice.access_token, ListTasksRequest { page_size: 1, page_token: token.clone(), order_by: "update_time desc".into(), ..Default::default() }),
+        (
+            &alice.access_token,
+            ListTasksRequest { page_size: 1, page_token: token.clone(), completed: Some(false), ..Default::default() },
+        ),
+        (
+            &alice.access_token,
+            ListTasksRequest {
+                page_size: 1,
+                page_token: token.clone(),
+                order_by: "update_time desc".into(),
+                ..Default::default()
+            },
+        ),
         (&alice.access_token, ListTasksRequest { page_size: 1, page_token: "garbage".into(), ..Default::default() }),
     ] {
         let err = list(&app, who, request).await.unwrap_err();
@@ -152,5 +200,7 @@ async fn page_tokens_are_bound_to_the_caller_and_the_query() {
         assert_eq!(bad_fields(&err), ["page_token"]);
     }
     // A different page size with the same query is fine.
-    list(&app, &alice.access_token, ListTasksRequest { page_size: 2, page_token: token, ..Default::default() }).await.unwrap();
+    list(&app, &alice.access_token, ListTasksRequest { page_size: 2, page_token: token, ..Default::default() })
+        .await
+        .unwrap();
 }

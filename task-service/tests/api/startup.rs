@@ -37,7 +37,10 @@ async fn task_service_starts_alone_and_accepts_keys_registered_after_it_started(
         server.stop().await.unwrap();
     }
     for token in &tokens {
-        tasks.create_task(authed(CreateTaskRequest { title: "hello".into(), ..Default::default() }, token)).await.unwrap();
+        tasks
+            .create_task(authed(CreateTaskRequest { title: "hello".into(), ..Default::default() }, token))
+            .await
+            .unwrap();
         let listed = tasks.list_tasks(authed(ListTasksRequest::default(), token)).await.unwrap().into_inner();
         assert_eq!(listed.tasks.len(), 1);
     }

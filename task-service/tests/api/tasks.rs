@@ -24,28 +24,49 @@ fn titled(title: &str) -> CreateTaskRequest {
 async fn create_get_update_delete() {
     let app = TestApp::spawn().await;
     let alice = user(&app, "alice@example.com").await;
-    let task = create(&app, &alice, CreateTaskRequest { title: "Buy milk".into(), description: Some("2 litres".into()), request_id: String::new() })
-        .await
-        .unwrap();
+    let task = create(
+        &app,
+        &alice,
+        CreateTaskRequest { title: "Buy milk".into(), description: Some("2 litres".into()), request_id: String::new() },
+    )
+    .await
+    .unwrap();
     assert!(task.id > 0);
     assert_eq!(task.user_id, alice.id);
-    assert_eq!((task.title.as_str(), task.description.as_deref(), task.completed), ("Buy milk", Some("2 litres"), false));
+    assert_eq!(
+        (task.title.as_str(), task.description.as_deref(), task.completed),
+        ("Buy milk", Some("2 litres"), false)
+    );
     assert!(task.create_time.is_some() && task.update_time.is_some() && !task.etag.is_empty());
 
-    let got = app.tasks.clone().get_task(authed(GetTaskRequest { id: task.id }, &alice.token)).await.unwrap().into_inner().task.unwrap();
+    let got = app
+        .tasks
+        .clone()
+        .get_task(authed(GetTaskRequest { id: task.id }, &alice.token))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
     assert_eq!(got, task);
 
     // Absent fields stay; completed changes; the etag moves on.
     let updated = app
         .tasks
         .clone()
-        .update_task(authed(UpdateTaskRequest { id: task.id, completed: Some(true), etag: task.etag.clone(), ..Default::default() }, &alice.token))
+        .update_task(authed(
+            UpdateTaskRequest { id: task.id, completed: Some(true), etag: task.etag.clone(), ..Default::default() },
+            &alice.token,
+        ))
         .await
         .unwrap()
         .into_inner()
         .task
         .unwrap();
-    assert_eq!((updated.title.as_str(), updated.description.as_deref(), updated.completed), ("Buy milk", Some("2 litres"), true));
+    assert_eq!(
+        (updated.title.as_str(), updated.description.as_deref(), updated.completed),
+        ("Buy milk", Some("2 litres"), true)
+    );
     assert_ne!(updated.etag, task.etag);
     assert!(updated.update_time.unwrap().seconds >= task.update_time.unwrap().seconds);
 
@@ -53,7 +74,15 @@ async fn create_get_update_delete() {
     let err = app
         .tasks
         .clone()
-        .update_task(authed(UpdateTaskRequest { id: task.id, title: Some("Buy oat milk".into()), etag: task.etag.clone(), ..Default::default() }, &alice.token))
+        .update_task(authed(
+            UpdateTaskRequest {
+                id: task.id,
+                title: Some("Buy oat milk".into()),
+                etag: task.etag.clone(),
+                ..Default::default()
+            },
+            &alice.token,
+        ))
         .await
         .unwrap_err();
     assert_error(&err, Code::Aborted, "ETAG_MISMATCH");
@@ -62,7 +91,10 @@ async fn create_get_update_delete() {
     let cleared = app
         .tasks
         .clone()
-        .update_task(authed(UpdateTaskRequest { id: task.id, description: Some(String::new()), ..Default::default() }, &alice.token))
+        .update_task(authed(
+            UpdateTaskRequest { id: task.id, description: Some(String::new()), ..Default::default() },
+            &alice.token,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -83,10 +115,19 @@ async fn create_get_update_delete() {
         .await
         .unwrap_err();
     assert_error(&err, Code::Aborted, "ETAG_MISMATCH");
-    app.tasks.clone().delete_task(authed(DeleteTaskRequest { id: task.id, etag: cleared.etag }, &alice.token)).await.unwrap();
+    app.tasks
+        .clone()
+        .delete_task(authed(DeleteTaskRequest { id: task.id, etag: cleared.etag }, &alice.token))
+        .await
+        .unwrap();
     let err = app.tasks.clone().get_task(authed(GetTaskRequest { id: task.id }, &alice.token)).await.unwrap_err();
     assert_error(&err, Code::NotFound, "TASK_NOT_FOUND");
-    let err = app.tasks.clone().delete_task(authed(DeleteTaskRequest { id: task.id, etag: String::new() }, &alice.token)).await.unwrap_err();
+    let err = app
+        .tasks
+        .clone()
+        .delete_task(authed(DeleteTaskRequest { id: task.id, etag: String::new() }, &alice.token))
+        .await
+        .unwrap_err();
     assert_error(&err, Code::NotFound, "TASK_NOT_FOUND");
 }
 
@@ -102,16 +143,25 @@ async fn another_users_task_is_indistinguishable_from_a_missing_one() {
         let update = app
             .tasks
             .clone()
-            .update_task(authed(UpdateTaskRequest { id, title: Some("mine".into()), ..Default::default() }, &mallory.token))
+            .update_task(authed(
+                UpdateTaskRequest { id, title: Some("mine".into()), ..Default::default() },
+                &mallory.token,
+            ))
             .await
             .unwrap_err();
-        let delete = app.tasks.clone().delete_task(authed(DeleteTaskRequest { id, etag: task.etag.clone() }, &mallory.token)).await.unwrap_err();
+        let delete = app
+            .tasks
+            .clone()
+            .delete_task(authed(DeleteTaskRequest { id, etag: task.etag.clone() }, &mallory.token))
+            .await
+            .unwrap_err();
         for err in [&get, &update, &delete] {
             assert_error(err, Code::NotFound, "TASK_NOT_FOUND");
             assert_eq!(err.message(), "task not found");
         }
     }
-    let list = app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &mallory.token)).await.unwrap().into_inner();
+    let list =
+        app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &mallory.token)).await.unwrap().into_inner();
     assert!(list.tasks.is_empty());
     let (title, completed): (String, bool) = sqlx::query_as("SELECT title, completed FROM tasks WHERE id = $1")
         .bind(task.id as i32)
@@ -126,16 +176,28 @@ async fn lengths_are_checked_in_characters_and_nothing_is_written() {
     let app = TestApp::spawn().await;
     let alice = user(&app, "alice@example.com").await;
     // 255 and 1000 multi-byte characters fit, as PostgreSQL counts them.
-    create(&app, &alice, CreateTaskRequest { title: "é".repeat(255), description: Some("😀".repeat(1000)), request_id: String::new() })
-        .await
-        .unwrap();
+    create(
+        &app,
+        &alice,
+        CreateTaskRequest {
+            title: "é".repeat(255), description: Some("😀".repeat(1000)), request_id: String::new()
+        },
+    )
+    .await
+    .unwrap();
     let cases = [
         (CreateTaskRequest { title: String::new(), ..Default::default() }, vec!["title"]),
         (CreateTaskRequest { title: "   ".into(), ..Default::default() }, vec!["title"]),
         (CreateTaskRequest { title: "é".repeat(256), ..Default::default() }, vec!["title"]),
         (CreateTaskRequest { title: "nul\0byte".into(), ..Default::default() }, vec!["title"]),
-        (CreateTaskRequest { title: "ok".into(), description: Some("x".repeat(1001)), ..Default::default() }, vec!["description"]),
-        (CreateTaskRequest { title: "".into(), description: Some("x".repeat(1001)), request_id: "x".repeat(200) }, vec!["title", "description", "request_id"]),
+        (
+            CreateTaskRequest { title: "ok".into(), description: Some("x".repeat(1001)), ..Default::default() },
+            vec!["description"],
+        ),
+        (
+            CreateTaskRequest { title: "".into(), description: Some("x".repeat(1001)), request_id: "x".repeat(200) },
+            vec!["title", "description", "request_id"],
+        ),
     ];
     for (request, fields) in cases {
         let err = create(&app, &alice, request).await.unwrap_err();
@@ -155,7 +217,10 @@ async fn update_validation() {
         (UpdateTaskRequest { id: task.id, ..Default::default() }, vec!["title"]),
         (UpdateTaskRequest { id: 0, completed: Some(true), ..Default::default() }, vec!["id"]),
         (UpdateTaskRequest { id: task.id, title: Some(String::new()), ..Default::default() }, vec!["title"]),
-        (UpdateTaskRequest { id: task.id, completed: Some(true), etag: "not an etag".into(), ..Default::default() }, vec!["etag"]),
+        (
+            UpdateTaskRequest { id: task.id, completed: Some(true), etag: "not an etag".into(), ..Default::default() },
+            vec!["etag"],
+        ),
     ];
     for (request, fields) in cases {
         let err = app.tasks.clone().update_task(authed(request, &alice.token)).await.unwrap_err();
@@ -209,7 +274,8 @@ async fn futures_join(app: &TestApp, u: &User, request: CreateTaskRequest, n: us
     for _ in 0..n {
         let mut client = app.tasks.clone();
         let request = authed(request.clone(), &u.token);
-        handles.push(tokio::spawn(async move { client.create_task(request).await.unwrap().into_inner().task.unwrap() }));
+        handles
+            .push(tokio::spawn(async move { client.create_task(request).await.unwrap().into_inner().task.unwrap() }));
     }
     let mut out = Vec::new();
     for h in handles {

@@ -34,7 +34,12 @@ impl PrivatePostgres {
     /// Starts a server whose files live under `root` (created if missing; an existing cluster
     /// there is reused, so a second start keeps the data). With `remove_on_exit` the guardian
     /// deletes `root` after stopping the server.
-    pub fn start(binaries: PgBinaries, root: &Path, durability: Durability, remove_on_exit: bool) -> Result<Self, String> {
+    pub fn start(
+        binaries: PgBinaries,
+        root: &Path,
+        durability: Durability,
+        remove_on_exit: bool,
+    ) -> Result<Self, String> {
         let owner = unprivileged_owner()?;
         fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
         let root = root.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", root.display()))?;
@@ -71,7 +76,8 @@ impl PrivatePostgres {
             .status();
 
         let port = free_port()?;
-        let mut options = format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=300");
+        let mut options =
+            format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=300");
         if durability == Durability::Throwaway {
             options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }
@@ -154,7 +160,8 @@ fn lookup_user(name: &str) -> Option<(u32, u32)> {
 
 fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
     if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| format!("cannot chown {}: {e}", path.display()))?;
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| format!("cannot chown {}: {e}", path.display()))?;
     }
     Ok(())
 }
@@ -208,7 +215,8 @@ fn spawn_guardian(
     data: &Path,
     remove_on_exit: bool,
 ) -> Result<Child, String> {
-    let script = r#"cat >/dev/null; "$1" -D "$2" stop -m fast -w >/dev/null 2>&1; if [ "$4" = yes ]; then rm -rf "$3"; fi"#;
+    let script =
+        r#"cat >/dev/null; "$1" -D "$2" stop -m fast -w >/dev/null 2>&1; if [ "$4" = yes ]; then rm -rf "$3"; fi"#;
     let mut cmd = command(Path::new("/bin/sh"), owner, root);
     cmd.arg("-c")
         .arg(script)

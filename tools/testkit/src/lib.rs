@@ -48,7 +48,12 @@ impl Drop for RunningServer {
 }
 
 pub fn db_config(db: &TestDatabase) -> DbConfig {
-    DbConfig { url: SecretString::from(db.url.clone()), max_connections: 5, statement_cache: true, run_migrations: false }
+    DbConfig {
+        url: SecretString::from(db.url.clone()),
+        max_connections: 5,
+        statement_cache: true,
+        run_migrations: false,
+    }
 }
 
 pub fn token_config() -> TokenConfig {
