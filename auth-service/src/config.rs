@@ -1,5 +1,6 @@
 //! auth-service settings, read once from the environment.
 
+use crate::throttle::ThrottleConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub struct AuthConfig {
     /// How long a spent refresh token may still be exchanged, for concurrent refreshes.
     pub refresh_reuse_grace: Duration,
     pub bcrypt_cost: u32,
+    pub throttle: ThrottleConfig,
 }
 
 impl AuthConfig {
@@ -48,8 +50,21 @@ impl AuthConfig {
             refresh_token_ttl: seconds(env, "REFRESH_TOKEN_TTL_SECONDS", 30 * 86_400, 60..=365 * 86_400)?,
             refresh_reuse_grace: seconds(env, "REFRESH_REUSE_GRACE_SECONDS", 5, 0..=60)?,
             bcrypt_cost,
+            throttle: ThrottleConfig {
+                max_failures_per_account: positive(env, "LOGIN_MAX_FAILURES_PER_ACCOUNT", 5)?,
+                max_failures_per_address: positive(env, "LOGIN_MAX_FAILURES_PER_ADDRESS", 100)?,
+                window: seconds(env, "LOGIN_THROTTLE_WINDOW_SECONDS", 900, 1..=86_400)?,
+            },
         })
     }
+}
+
+fn positive(env: &dyn Env, var: &'static str, default: i32) -> Result<i32, ConfigError> {
+    let value: i32 = parse_or(env, var, default, "a whole number")?;
+    if value < 1 {
+        return Err(ConfigError::new(var, format!("must be at least 1, got {value}")));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]

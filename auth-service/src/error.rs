@@ -1,7 +1,9 @@
 //! The errors of auth-service and the one place that turns them into gRPC statuses.
 
 use crate::passwords::PasswordError;
-use todo_shared::status::{AUTH_DOMAIN, FieldViolation, database_error, internal, invalid_argument, with_reason};
+use todo_shared::status::{
+    AUTH_DOMAIN, FieldViolation, database_error, internal, invalid_argument, with_reason, with_retry,
+};
 use todo_shared::token::TokenError;
 use tonic::{Code, Status};
 
@@ -17,6 +19,8 @@ pub enum AuthError {
     Token(#[from] TokenError),
     #[error("refresh token reused")]
     RefreshTokenReused,
+    #[error("too many failed attempts")]
+    TooManyAttempts { retry_after: std::time::Duration },
     #[error("password checks overloaded")]
     Overloaded,
     #[error(transparent)]
@@ -66,11 +70,19 @@ impl From<AuthError> for Status {
                 "REFRESH_TOKEN_REUSED",
                 "this refresh token was already used; the session has been revoked, log in again",
             ),
-            AuthError::Overloaded => with_reason(
+            AuthError::TooManyAttempts { retry_after } => with_retry(
                 Code::ResourceExhausted,
                 AUTH_DOMAIN,
                 "TOO_MANY_ATTEMPTS",
+                format!("too many failed attempts; retry in {} seconds", retry_after.as_secs().max(1)),
+                retry_after,
+            ),
+            AuthError::Overloaded => with_retry(
+                Code::ResourceExhausted,
+                AUTH_DOMAIN,
+                "OVERLOADED",
                 "too many password checks in progress; retry shortly",
+                std::time::Duration::from_secs(1),
             ),
             AuthError::Db(e) => database_error(AUTH_DOMAIN, &e),
             AuthError::Internal(e) => {

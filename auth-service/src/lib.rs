@@ -10,6 +10,7 @@ pub mod passwords;
 pub mod service;
 pub mod signing_key;
 pub mod store;
+pub mod throttle;
 pub mod tokens;
 
 use anyhow::Context;
@@ -51,7 +52,7 @@ pub async fn serve(
 
     let ephemeral = key.ephemeral;
     let issuer = Arc::new(tokens::TokenIssuer::new(key, config.token.clone(), config.access_token_ttl));
-    let keyring = KeyRing::new(pool.clone());
+    let keyring = Arc::new(KeyRing::new(pool.clone()));
     if let Err(e) = keyring.reload().await {
         tracing::warn!(error = %e, "could not load verification keys yet");
     }
@@ -62,10 +63,21 @@ pub async fn serve(
         verifier: Arc::new(TokenVerifier::new(keyring, &config.token)),
         refresh_ttl: config.refresh_token_ttl,
         refresh_reuse_grace: config.refresh_reuse_grace,
+        throttle: throttle::LoginThrottle::new(pool.clone(), config.throttle.clone()),
     };
+    let pruner = api.throttle.spawn_pruner();
     let routes = tonic::service::Routes::new(AuthServiceServer::new(api));
-    todo_shared::grpc_server::serve(listener, routes, pool.clone(), &[SERVICE_NAME], config.drain_timeout, shutdown)
-        .await?;
+    let served = todo_shared::grpc_server::serve(
+        listener,
+        routes,
+        pool.clone(),
+        &[SERVICE_NAME],
+        config.drain_timeout,
+        shutdown,
+    )
+    .await;
+    pruner.abort();
+    served?;
 
     if ephemeral {
         // Nobody will sign with this key again; it verifies until its last token expires.

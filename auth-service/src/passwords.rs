@@ -1,15 +1,20 @@
 //! bcrypt hashing and verification, off the async runtime and bounded.
 //!
-//! Each call runs on tokio's blocking pool, at most one per core at a time; a call that cannot
-//! start within a short wait is refused (RESOURCE_EXHAUSTED) instead of queueing without end.
+//! Each call runs on tokio's blocking pool, at most one per core at a time. The queue in front is
+//! bounded: past a few calls per core waiting, or after a short wait, a call is refused
+//! (RESOURCE_EXHAUSTED) at once instead of piling up, so a login storm cannot slow down the
+//! cheap calls that share the runtime.
 //! Unknown users are checked against a dummy hash, so login takes the same time either way.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// How long a call may wait for a free hashing slot before it is refused.
-const QUEUE_WAIT: Duration = Duration::from_secs(2);
+const QUEUE_WAIT: Duration = Duration::from_secs(1);
+/// How many calls per slot may wait at all.
+const WAITING_PER_SLOT: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {
@@ -23,6 +28,8 @@ pub enum PasswordError {
 pub struct PasswordHasher {
     cost: u32,
     slots: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
     dummy_hash: Arc<str>,
 }
 
@@ -33,7 +40,13 @@ impl PasswordHasher {
             .await
             .map_err(|e| PasswordError::Failed(e.to_string()))?
             .map_err(|e| PasswordError::Failed(e.to_string()))?;
-        Ok(Self { cost, slots: Arc::new(Semaphore::new(slots)), dummy_hash: dummy.into() })
+        Ok(Self {
+            cost,
+            slots: Arc::new(Semaphore::new(slots)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            max_waiting: slots * WAITING_PER_SLOT,
+            dummy_hash: dummy.into(),
+        })
     }
 
     pub fn cost(&self) -> u32 {
@@ -62,10 +75,18 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> Result<T, PasswordError> + Send + 'static,
     ) -> Result<T, PasswordError> {
-        let permit = tokio::time::timeout(QUEUE_WAIT, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| PasswordError::Overloaded)?
-            .expect("the semaphore is never closed");
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(PasswordError::Overloaded);
+                }
+                let waited = tokio::time::timeout(QUEUE_WAIT, self.slots.clone().acquire_owned()).await;
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                waited.map_err(|_| PasswordError::Overloaded)?.expect("the semaphore is never closed")
+            }
+        };
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             work()

@@ -4,10 +4,12 @@ use crate::domain::{Email, Password, PasswordAttempt};
 use crate::error::{AuthError, email_taken_or};
 use crate::passwords::PasswordHasher;
 use crate::store::{self, RevokeReason, UserRow};
+use crate::throttle::{AttemptKeys, LoginThrottle};
 use crate::tokens::{NewRefreshToken, TokenIssuer, hash_refresh_token, refresh_expiry};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sqlx::PgPool;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use todo_proto::auth::v1::auth_service_server::AuthService;
@@ -27,6 +29,7 @@ pub struct AuthApi {
     pub(crate) verifier: Arc<TokenVerifier>,
     pub(crate) refresh_ttl: Duration,
     pub(crate) refresh_reuse_grace: Duration,
+    pub(crate) throttle: LoginThrottle,
 }
 
 fn user_message(user: &UserRow) -> User {
@@ -48,6 +51,22 @@ impl AuthApi {
             return Err(TokenError::Revoked.into());
         }
         Ok(caller)
+    }
+
+    /// A password check under the brute-force throttle. A throttled attempt still pays for a
+    /// bcrypt check, so that its answer takes as long as any other.
+    async fn check_password(&self, keys: &AttemptKeys, password: &str, hash: Option<&str>) -> Result<(), AuthError> {
+        if let Some(retry_after) = self.throttle.retry_after(keys).await? {
+            self.hasher.verify(password, None).await?;
+            return Err(AuthError::TooManyAttempts { retry_after });
+        }
+        if self.hasher.verify(password, hash).await? {
+            self.throttle.record_success(keys).await?;
+            Ok(())
+        } else {
+            self.throttle.record_failure(keys).await?;
+            Err(AuthError::InvalidCredentials)
+        }
     }
 
     /// Opens a session for `user_id` inside `tx` and returns its first token pair.
@@ -93,18 +112,16 @@ impl AuthApi {
         Ok(SignUpResponse { user: Some(user_message(&user)), tokens: Some(tokens) })
     }
 
-    async fn login(&self, req: LoginRequest) -> Result<LoginResponse, AuthError> {
+    async fn login(&self, req: LoginRequest, client: Option<IpAddr>) -> Result<LoginResponse, AuthError> {
         let email_given = req.email.trim().is_empty().then(|| FieldViolation::new("email", "is required"));
         let password = PasswordAttempt::parse("password", req.password);
         all_valid([email_given.as_ref(), password.as_ref().err()])?;
         let password = password?;
-        let credentials = store::credentials_by_email(&self.pool, &Email::normalize_for_lookup(&req.email)).await?;
-        let matched =
-            self.hasher.verify(password.expose(), credentials.as_ref().map(|c| c.password_hash.as_str())).await?;
-        let credentials = match credentials {
-            Some(c) if matched => c,
-            _ => return Err(AuthError::InvalidCredentials),
-        };
+        let email = Email::normalize_for_lookup(&req.email);
+        let credentials = store::credentials_by_email(&self.pool, &email).await?;
+        let keys = AttemptKeys::new(&email, client);
+        self.check_password(&keys, password.expose(), credentials.as_ref().map(|c| c.password_hash.as_str())).await?;
+        let credentials = credentials.ok_or(AuthError::InvalidCredentials)?;
         let mut tx = self.pool.begin().await?;
         let tokens = self.open_session(&mut tx, credentials.id).await?;
         tx.commit().await?;
@@ -172,15 +189,15 @@ impl AuthApi {
         &self,
         caller: Caller,
         req: ChangePasswordRequest,
+        client: Option<IpAddr>,
     ) -> Result<ChangePasswordResponse, AuthError> {
         let current = PasswordAttempt::parse("current_password", req.current_password);
         let new = Password::parse("new_password", req.new_password);
         all_valid([current.as_ref().err(), new.as_ref().err()])?;
         let (current, new) = (current?, new?);
         let credentials = store::credentials_of(&self.pool, &caller).await?.ok_or(TokenError::Revoked)?;
-        if !self.hasher.verify(current.expose(), Some(&credentials.password_hash)).await? {
-            return Err(AuthError::InvalidCredentials);
-        }
+        let keys = AttemptKeys::new(&credentials.email, client);
+        self.check_password(&keys, current.expose(), Some(&credentials.password_hash)).await?;
         let hash = self.hasher.hash(new.expose()).await?;
         let mut tx = self.pool.begin().await?;
         store::set_password_hash(&mut *tx, &caller, &hash).await?;
@@ -196,12 +213,12 @@ impl AuthApi {
         &self,
         caller: Caller,
         req: DeleteAccountRequest,
+        client: Option<IpAddr>,
     ) -> Result<DeleteAccountResponse, AuthError> {
         let password = PasswordAttempt::parse("password", req.password)?;
         let credentials = store::credentials_of(&self.pool, &caller).await?.ok_or(TokenError::Revoked)?;
-        if !self.hasher.verify(password.expose(), Some(&credentials.password_hash)).await? {
-            return Err(AuthError::InvalidCredentials);
-        }
+        let keys = AttemptKeys::new(&credentials.email, client);
+        self.check_password(&keys, password.expose(), Some(&credentials.password_hash)).await?;
         store::delete_user(&self.pool, &caller).await?;
         tracing::info!(user_id = %caller.user_id, "account deleted");
         Ok(DeleteAccountResponse {})
@@ -244,7 +261,8 @@ impl AuthService for AuthApi {
     }
 
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
-        Ok(Response::new(AuthApi::login(self, request.into_inner()).await?))
+        let client = request.remote_addr().map(|a| a.ip());
+        Ok(Response::new(AuthApi::login(self, request.into_inner(), client).await?))
     }
 
     async fn refresh_token(
@@ -276,7 +294,8 @@ impl AuthService for AuthApi {
         request: Request<ChangePasswordRequest>,
     ) -> Result<Response<ChangePasswordResponse>, Status> {
         let caller = self.caller(&request).await?;
-        Ok(Response::new(AuthApi::change_password(self, caller, request.into_inner()).await?))
+        let client = request.remote_addr().map(|a| a.ip());
+        Ok(Response::new(AuthApi::change_password(self, caller, request.into_inner(), client).await?))
     }
 
     async fn delete_account(
@@ -284,7 +303,8 @@ impl AuthService for AuthApi {
         request: Request<DeleteAccountRequest>,
     ) -> Result<Response<DeleteAccountResponse>, Status> {
         let caller = self.caller(&request).await?;
-        Ok(Response::new(AuthApi::delete_account(self, caller, request.into_inner()).await?))
+        let client = request.remote_addr().map(|a| a.ip());
+        Ok(Response::new(AuthApi::delete_account(self, caller, request.into_inner(), client).await?))
     }
 
     async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<GetJwksResponse>, Status> {

@@ -205,3 +205,56 @@ pub async fn session_is_live(db: impl PgExecutor<'_>, caller: &Caller) -> Result
         .fetch_one(db)
         .await
 }
+
+/// Seconds until the longest-blocked of `keys` may try again, if any has reached its limit.
+pub async fn throttle_retry_after(
+    db: impl PgExecutor<'_>,
+    keys: &[String],
+    limits: &[i32],
+    window: std::time::Duration,
+) -> Result<Option<f64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT max(EXTRACT(EPOCH FROM t.window_start + make_interval(secs => $3) - now()))::float8
+         FROM login_throttle t JOIN unnest($1::text[], $2::int[]) AS l(key, max_failures) ON l.key = t.key
+         WHERE t.window_start > now() - make_interval(secs => $3) AND t.failures >= l.max_failures",
+    )
+    .bind(keys)
+    .bind(limits)
+    .bind(window.as_secs_f64())
+    .fetch_one(db)
+    .await
+}
+
+/// Counts a failure for each key, starting a new window where the old one has ended.
+pub async fn throttle_record_failure(
+    db: impl PgExecutor<'_>,
+    keys: &[String],
+    window: std::time::Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO login_throttle (key, window_start, failures) SELECT unnest($1::text[]), now(), 1
+         ON CONFLICT (key) DO UPDATE SET
+             failures = CASE WHEN login_throttle.window_start > now() - make_interval(secs => $2)
+                             THEN login_throttle.failures + 1 ELSE 1 END,
+             window_start = CASE WHEN login_throttle.window_start > now() - make_interval(secs => $2)
+                                 THEN login_throttle.window_start ELSE now() END",
+    )
+    .bind(keys)
+    .bind(window.as_secs_f64())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn throttle_clear(db: impl PgExecutor<'_>, key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM login_throttle WHERE key = $1").bind(key).execute(db).await?;
+    Ok(())
+}
+
+pub async fn throttle_prune(db: impl PgExecutor<'_>, window: std::time::Duration) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM login_throttle WHERE window_start < now() - make_interval(secs => $1)")
+        .bind(window.as_secs_f64())
+        .execute(db)
+        .await?;
+    Ok(())
+}

@@ -1,9 +1,11 @@
 //! The verified caller of a request, and the tower layer that establishes it.
 //!
-//! `RequireCaller` wraps a whole gRPC service: it verifies the bearer token before the handler
-//! runs and puts a `Caller` into the request's extensions. Store functions take a `&Caller`, so
+//! `RequireCaller` wraps a whole gRPC service: it verifies the bearer token and checks that its
+//! session is not revoked before the handler runs, and puts a `Caller` into the request's
+//! extensions. Store functions take a `&Caller`, so
 //! a query of a user's rows cannot be written without a verified caller.
 
+use crate::revocation::Revocations;
 use crate::token::{TokenError, TokenVerifier};
 use std::future::Future;
 use std::pin::Pin;
@@ -50,18 +52,32 @@ pub async fn authenticate(verifier: &TokenVerifier, authorization: Option<&str>)
     Ok(Caller { user_id: claims.sub, session_id: claims.sid })
 }
 
+/// Token verification plus the revocation check: everything that decides who a caller is.
+pub struct Authenticator {
+    pub verifier: TokenVerifier,
+    pub revocations: Arc<Revocations>,
+}
+
+impl Authenticator {
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, TokenError> {
+        let caller = authenticate(&self.verifier, authorization).await?;
+        self.revocations.check(caller.session_id, caller.user_id).await?;
+        Ok(caller)
+    }
+}
+
 /// Wraps a gRPC service so that every call carries a verified `Caller`, or is refused with
 /// UNAUTHENTICATED before the handler runs.
 #[derive(Clone)]
 pub struct RequireCaller<S> {
     inner: S,
-    verifier: Arc<TokenVerifier>,
+    authenticator: Arc<Authenticator>,
     domain: &'static str,
 }
 
 impl<S> RequireCaller<S> {
-    pub fn new(inner: S, verifier: Arc<TokenVerifier>, domain: &'static str) -> Self {
-        Self { inner, verifier, domain }
+    pub fn new(inner: S, authenticator: Arc<Authenticator>, domain: &'static str) -> Self {
+        Self { inner, authenticator, domain }
     }
 }
 
@@ -87,12 +103,12 @@ where
         // The clone that was made ready goes into the future; a fresh clone stays behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let verifier = self.verifier.clone();
+        let authenticator = self.authenticator.clone();
         let domain = self.domain;
         Box::pin(async move {
             let authorization =
                 request.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("invalid"));
-            match authenticate(&verifier, authorization).await {
+            match authenticator.authenticate(authorization).await {
                 Ok(caller) => {
                     request.extensions_mut().insert(caller);
                     inner.call(request).await

@@ -5,6 +5,7 @@
 //! when they meet an unknown `kid` (at most once a second), so they never call auth-service and
 //! accept a new instance's key at once.
 
+use chrono::{DateTime, Utc};
 use jsonwebtoken::DecodingKey;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -22,12 +23,14 @@ const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 pub struct PublicKeyRow {
     pub kid: String,
     pub public_key: Vec<u8>,
+    /// When set, the key stops verifying at this moment.
+    pub retired_at: Option<DateTime<Utc>>,
 }
 
 /// Keys that verify now: not retired, or retired in the future.
 pub async fn active_keys(pool: &PgPool) -> Result<Vec<PublicKeyRow>, sqlx::Error> {
     sqlx::query_as::<_, PublicKeyRow>(
-        "SELECT kid, public_key FROM signing_keys
+        "SELECT kid, public_key, retired_at FROM signing_keys
          WHERE retired_at IS NULL OR retired_at > now()
          ORDER BY created_at, kid",
     )
@@ -35,8 +38,23 @@ pub async fn active_keys(pool: &PgPool) -> Result<Vec<PublicKeyRow>, sqlx::Error
     .await
 }
 
+#[derive(Clone)]
+struct ActiveKey {
+    key: DecodingKey,
+    retired_at: Option<DateTime<Utc>>,
+}
+
+impl ActiveKey {
+    fn usable(&self) -> Option<DecodingKey> {
+        match self.retired_at {
+            Some(at) if at <= Utc::now() => None,
+            _ => Some(self.key.clone()),
+        }
+    }
+}
+
 struct Loaded {
-    keys: Arc<HashMap<String, DecodingKey>>,
+    keys: Arc<HashMap<String, ActiveKey>>,
     /// When the query that loaded these keys began: a reload that began after a caller's miss
     /// has seen every key registered before that caller's token was issued.
     at: Option<Instant>,
@@ -102,7 +120,18 @@ impl KeyRing {
 
     fn snapshot(&self, kid: &str) -> Snapshot {
         let loaded = self.loaded.read().expect("key ring lock is never poisoned: no panics inside");
-        Snapshot { key: loaded.keys.get(kid).cloned(), age: loaded.at.map(|at| at.elapsed()), loaded_at: loaded.at }
+        Snapshot {
+            key: loaded.keys.get(kid).and_then(ActiveKey::usable),
+            age: loaded.at.map(|at| at.elapsed()),
+            loaded_at: loaded.at,
+        }
+    }
+
+    /// Whether `kid` verifies now according to a fresh enough load, without touching the
+    /// database: what a cached verification must still satisfy.
+    pub fn is_usable(&self, kid: &str) -> bool {
+        let snapshot = self.snapshot(kid);
+        snapshot.key.is_some() && snapshot.age.is_some_and(|age| age < REFRESH_INTERVAL)
     }
 
     /// Loads every active key now.
@@ -112,7 +141,9 @@ impl KeyRing {
         let keys = rows
             .into_iter()
             .filter(|row| row.public_key.len() == 32)
-            .map(|row| (row.kid, DecodingKey::from_ed_der(&row.public_key)))
+            .map(|row| {
+                (row.kid, ActiveKey { key: DecodingKey::from_ed_der(&row.public_key), retired_at: row.retired_at })
+            })
             .collect::<HashMap<_, _>>();
         let mut loaded = self.loaded.write().expect("key ring lock is never poisoned: no panics inside");
         *loaded = Loaded { keys: Arc::new(keys), at: Some(started) };

@@ -9,6 +9,7 @@ pub mod grpc_server;
 pub mod health;
 pub mod keyring;
 pub mod proto_time;
+pub mod revocation;
 pub mod service_main;
 pub mod status;
 pub mod telemetry;

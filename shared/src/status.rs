@@ -3,6 +3,7 @@
 //! invalid fields. Internal causes are logged here and never put into a status.
 
 use std::collections::HashMap;
+use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -13,6 +14,13 @@ pub const TASK_DOMAIN: &str = "todo.task";
 /// A status with an ErrorInfo.
 pub fn with_reason(code: Code, domain: &str, reason: &str, message: impl Into<String>) -> Status {
     let details = ErrorDetails::with_error_info(reason, domain, HashMap::<String, String>::new());
+    Status::with_error_details(code, message, details)
+}
+
+/// A status with an ErrorInfo and a RetryInfo telling the client when to try again.
+pub fn with_retry(code: Code, domain: &str, reason: &str, message: impl Into<String>, retry_after: Duration) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason, domain, HashMap::<String, String>::new());
+    details.set_retry_info(Some(retry_after));
     Status::with_error_details(code, message, details)
 }
 

@@ -6,6 +6,8 @@ use crate::status::with_reason;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use tonic::{Code, Status};
 use uuid::Uuid;
 
@@ -63,12 +65,24 @@ impl TokenError {
 /// Verifies access tokens locally: signature by a registered key, `exp`, `iss`, `aud`, and the
 /// algorithm pinned to EdDSA whatever the header says.
 pub struct TokenVerifier {
-    keys: KeyRing,
+    keys: Arc<KeyRing>,
     validation: Validation,
+    /// Tokens already verified, by their whole text (a signature alone could be pasted onto
+    /// other claims), until they expire. Ed25519 verification costs tens of microseconds; a
+    /// lookup here costs well under one.
+    verified: RwLock<HashMap<Box<str>, CachedToken>>,
 }
 
+struct CachedToken {
+    claims: AccessClaims,
+    kid: String,
+}
+
+/// Bounds the cache's memory (a token is about 500 bytes).
+const CACHE_CAPACITY: usize = 20_000;
+
 impl TokenVerifier {
-    pub fn new(keys: KeyRing, config: &TokenConfig) -> Self {
+    pub fn new(keys: Arc<KeyRing>, config: &TokenConfig) -> Self {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.algorithms = vec![Algorithm::EdDSA];
         validation.set_issuer(&[&config.issuer]);
@@ -77,14 +91,45 @@ impl TokenVerifier {
         // Small: instances share one clock source in practice, and a token must not outlive
         // its stated lifetime by much.
         validation.leeway = 5;
-        Self { keys, validation }
+        Self { keys, validation, verified: RwLock::new(HashMap::new()) }
     }
 
-    pub fn keys(&self) -> &KeyRing {
+    pub fn keys(&self) -> &Arc<KeyRing> {
         &self.keys
     }
 
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        let now = chrono::Utc::now().timestamp();
+        if let Some(hit) = self.cached(token, now) {
+            return Ok(hit);
+        }
+        let (claims, kid) = self.verify_signature(token).await?;
+        self.remember(token, &claims, kid, now);
+        Ok(claims)
+    }
+
+    /// A cached verification, if the token has not expired since and its key still verifies.
+    fn cached(&self, token: &str, now: i64) -> Option<AccessClaims> {
+        let cache = self.verified.read().expect("token cache lock is never poisoned: no panics inside");
+        let hit = cache.get(token)?;
+        let fresh = hit.claims.exp >= now - self.validation.leeway as i64;
+        (fresh && self.keys.is_usable(&hit.kid)).then(|| hit.claims.clone())
+    }
+
+    fn remember(&self, token: &str, claims: &AccessClaims, kid: String, now: i64) {
+        let mut cache = self.verified.write().expect("token cache lock is never poisoned: no panics inside");
+        if cache.len() >= CACHE_CAPACITY {
+            let leeway = self.validation.leeway as i64;
+            cache.retain(|_, hit| hit.claims.exp >= now - leeway);
+            if cache.len() >= CACHE_CAPACITY {
+                // Still full of live tokens: start over rather than grow.
+                cache.clear();
+            }
+        }
+        cache.insert(token.into(), CachedToken { claims: claims.clone(), kid });
+    }
+
+    async fn verify_signature(&self, token: &str) -> Result<(AccessClaims, String), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         // Checked before any key is looked up: `none`, HS256 and friends never get further.
         if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
@@ -100,6 +145,6 @@ impl TokenVerifier {
             ErrorKind::ExpiredSignature => TokenError::Expired,
             _ => TokenError::Invalid,
         })?;
-        Ok(data.claims)
+        Ok((data.claims, kid))
     }
 }

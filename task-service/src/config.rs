@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use todo_shared::config::{ConfigError, DbConfig, Env, TokenConfig, drain_timeout, socket_addr};
+use todo_shared::config::{ConfigError, DbConfig, Env, TokenConfig, drain_timeout, seconds, socket_addr};
 
 /// Where the service listens unless TASK_ADDR says otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50052";
@@ -14,6 +14,8 @@ pub struct TaskConfig {
     pub token: TokenConfig,
     /// How long a graceful stop waits for in-flight calls.
     pub drain_timeout: Duration,
+    /// How long revoked sessions are remembered: at least auth-service's access-token lifetime.
+    pub revocation_window: Duration,
 }
 
 impl TaskConfig {
@@ -23,6 +25,7 @@ impl TaskConfig {
             db: DbConfig::from_env(env)?,
             token: TokenConfig::from_env(env)?,
             drain_timeout: drain_timeout(env)?,
+            revocation_window: seconds(env, "REVOCATION_WINDOW_SECONDS", 86_400, 60..=30 * 86_400)?,
         })
     }
 }

@@ -1,8 +1,9 @@
 //! task-service: each user's tasks (todo.task.v1.TaskService).
 //!
 //! Every call passes through `RequireCaller`, which verifies the access token locally with the
-//! keys auth-service registered in the database; task-service never calls auth-service, so it
-//! starts and serves whether or not auth-service is up.
+//! keys auth-service registered in the database and checks the session against the revocations
+//! it hears of by LISTEN; task-service never calls auth-service, so it starts and serves whether
+//! or not auth-service is up.
 
 pub mod config;
 pub mod domain;
@@ -15,8 +16,9 @@ use anyhow::Context;
 use std::future::Future;
 use std::sync::Arc;
 use todo_proto::task::v1::task_service_server::TaskServiceServer;
-use todo_shared::caller::RequireCaller;
+use todo_shared::caller::{Authenticator, RequireCaller};
 use todo_shared::keyring::KeyRing;
+use todo_shared::revocation::Revocations;
 use todo_shared::status::TASK_DOMAIN;
 use todo_shared::token::TokenVerifier;
 use tokio::net::TcpListener;
@@ -37,15 +39,27 @@ pub async fn serve(
     if config.db.run_migrations {
         todo_shared::db::migrate(&pool).await.context("applying migrations")?;
     }
-    let keyring = KeyRing::new(pool.clone());
+    let keyring = Arc::new(KeyRing::new(pool.clone()));
     if let Err(e) = keyring.reload().await {
         tracing::warn!(error = %e, "could not load verification keys yet; will retry on first use");
     }
-    let verifier = Arc::new(TokenVerifier::new(keyring, &config.token));
+    // Until the listener is live, sessions are checked in the database per call.
+    let revocations = Revocations::new(pool.clone(), config.revocation_window);
+    let listener_task = revocations.spawn_listener(keyring.clone());
+    let authenticator = Arc::new(Authenticator { verifier: TokenVerifier::new(keyring, &config.token), revocations });
     let api = TaskServiceServer::new(service::TaskApi { pool: pool.clone() });
-    let routes = tonic::service::Routes::new(RequireCaller::new(api, verifier, TASK_DOMAIN));
-    todo_shared::grpc_server::serve(listener, routes, pool.clone(), &[SERVICE_NAME], config.drain_timeout, shutdown)
-        .await?;
+    let routes = tonic::service::Routes::new(RequireCaller::new(api, authenticator, TASK_DOMAIN));
+    let served = todo_shared::grpc_server::serve(
+        listener,
+        routes,
+        pool.clone(),
+        &[SERVICE_NAME],
+        config.drain_timeout,
+        shutdown,
+    )
+    .await;
+    listener_task.abort();
     pool.close().await;
+    served?;
     Ok(())
 }

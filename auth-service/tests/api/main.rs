@@ -4,6 +4,7 @@
 mod account;
 mod login;
 mod refresh;
+mod security;
 mod server;
 mod sign_up;
 mod tokens;

@@ -3,6 +3,7 @@
 
 mod attacks;
 mod list;
+mod revocation;
 mod startup;
 mod tasks;
 mod token_minting;

@@ -49,14 +49,23 @@ impl TestKey {
     }
 }
 
-/// Claims auth-service would issue for this user, valid for a minute.
-pub fn good_claims(user_id: &str) -> Value {
+/// A live session of `user_id`, as auth-service would have opened it.
+pub async fn live_session(pool: &sqlx::PgPool, user_id: &str) -> uuid::Uuid {
+    sqlx::query_scalar("INSERT INTO sessions (user_id) VALUES ($1::uuid) RETURNING id")
+        .bind(user_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Claims auth-service would issue for this session, valid for a minute.
+pub fn good_claims(user_id: &str, session_id: uuid::Uuid) -> Value {
     let now = chrono::Utc::now().timestamp();
     json!({
         "iss": testkit::ISSUER,
         "aud": testkit::AUDIENCE,
         "sub": user_id,
-        "sid": uuid::Uuid::new_v4(),
+        "sid": session_id,
         "iat": now,
         "exp": now + 60,
         "jti": uuid::Uuid::new_v4(),

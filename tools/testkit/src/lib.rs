@@ -71,6 +71,11 @@ pub fn auth_config(db: &TestDatabase) -> auth_service::AuthConfig {
         refresh_token_ttl: Duration::from_secs(30 * 86_400),
         refresh_reuse_grace: Duration::from_secs(5),
         bcrypt_cost: TEST_BCRYPT_COST,
+        throttle: auth_service::throttle::ThrottleConfig {
+            max_failures_per_account: 5,
+            max_failures_per_address: 100,
+            window: Duration::from_secs(900),
+        },
     }
 }
 
@@ -80,6 +85,7 @@ pub fn task_config(db: &TestDatabase) -> task_service::TaskConfig {
         db: db_config(db),
         token: token_config(),
         drain_timeout: Duration::from_secs(2),
+        revocation_window: Duration::from_secs(86_400),
     }
 }
 

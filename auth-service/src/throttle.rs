@@ -1,0 +1,91 @@
+//! Brute-force throttling of password checks, per account and per client address.
+//!
+//! Counts live in the database (`login_throttle`), so several auth-service instances share them.
+//! A fixed window per key: after `max` failures within it, further attempts are refused until it
+//! ends, with a RetryInfo saying when. The per-address limit is far above the per-account one: a
+//! whole office may sit behind one address, while one account's attacker never locks another
+//! account. A success clears the account's count.
+
+use crate::store;
+use sqlx::PgPool;
+use std::net::IpAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct ThrottleConfig {
+    pub max_failures_per_account: i32,
+    pub max_failures_per_address: i32,
+    pub window: Duration,
+}
+
+#[derive(Clone)]
+pub struct LoginThrottle {
+    pool: PgPool,
+    config: ThrottleConfig,
+}
+
+/// The counters one attempt touches.
+pub struct AttemptKeys {
+    account: String,
+    address: Option<String>,
+}
+
+impl AttemptKeys {
+    /// `email` as normalised for lookup; IPv6 clients are counted by their /64, which is what
+    /// one subscriber usually holds.
+    pub fn new(email: &str, address: Option<IpAddr>) -> Self {
+        let address = address.map(|ip| match ip {
+            IpAddr::V4(v4) => format!("address:{v4}"),
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                format!("address:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        });
+        Self { account: format!("account:{email}"), address }
+    }
+}
+
+impl LoginThrottle {
+    pub fn new(pool: PgPool, config: ThrottleConfig) -> Self {
+        Self { pool, config }
+    }
+
+    fn keys_and_limits(&self, keys: &AttemptKeys) -> (Vec<String>, Vec<i32>) {
+        let mut names = vec![keys.account.clone()];
+        let mut limits = vec![self.config.max_failures_per_account];
+        if let Some(address) = &keys.address {
+            names.push(address.clone());
+            limits.push(self.config.max_failures_per_address);
+        }
+        (names, limits)
+    }
+
+    /// How long until the attempt may be made, if it is refused now.
+    pub async fn retry_after(&self, keys: &AttemptKeys) -> Result<Option<Duration>, sqlx::Error> {
+        let (names, limits) = self.keys_and_limits(keys);
+        let seconds = store::throttle_retry_after(&self.pool, &names, &limits, self.config.window).await?;
+        Ok(seconds.map(|s| Duration::from_secs_f64(s.max(1.0))))
+    }
+
+    pub async fn record_failure(&self, keys: &AttemptKeys) -> Result<(), sqlx::Error> {
+        let (names, _) = self.keys_and_limits(keys);
+        store::throttle_record_failure(&self.pool, &names, self.config.window).await
+    }
+
+    pub async fn record_success(&self, keys: &AttemptKeys) -> Result<(), sqlx::Error> {
+        store::throttle_clear(&self.pool, &keys.account).await
+    }
+
+    /// Deletes ended windows every minute, so that attempts on made-up accounts do not pile up.
+    pub fn spawn_pruner(&self) -> tokio::task::JoinHandle<()> {
+        let (pool, window) = (self.pool.clone(), self.config.window);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                if let Err(e) = store::throttle_prune(&pool, window).await {
+                    tracing::warn!(error = %e, "could not prune login_throttle");
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,167 @@
+//! Throttling, overload, hash upgrades and secrets in logs.
+
+use std::time::{Duration, Instant};
+use testkit::test_database::TestDatabase;
+use testkit::{PASSWORD, assert_error, auth_config, authed, channel, spawn_auth};
+use todo_proto::auth::v1::auth_service_client::AuthServiceClient;
+use todo_proto::auth::v1::*;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+async fn client(server: &testkit::RunningServer) -> AuthServiceClient<Channel> {
+    AuthServiceClient::new(channel(server.addr).await)
+}
+
+async fn sign_up(auth: &mut AuthServiceClient<Channel>, email: &str) -> TokenPair {
+    auth.sign_up(SignUpRequest { email: email.into(), password: PASSWORD.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap()
+}
+
+async fn login(
+    auth: &mut AuthServiceClient<Channel>,
+    email: &str,
+    password: &str,
+) -> Result<LoginResponse, tonic::Status> {
+    auth.login(LoginRequest { email: email.into(), password: password.into() }).await.map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn an_account_is_throttled_across_instances_without_locking_others() {
+    let db = TestDatabase::new().await;
+    let mut config = auth_config(&db);
+    config.throttle.max_failures_per_account = 3;
+    config.throttle.window = Duration::from_secs(2);
+    let (one, two) = (spawn_auth(config.clone()).await, spawn_auth(config).await);
+    let (mut a, mut b) = (client(&one).await, client(&two).await);
+    sign_up(&mut a, "victim@example.com").await;
+    sign_up(&mut a, "bystander@example.com").await;
+
+    // Three failures, spread over both instances.
+    for mut auth in [a.clone(), b.clone(), a.clone()] {
+        let err = login(&mut auth, "victim@example.com", "guess").await.unwrap_err();
+        assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    }
+    // Now even the right password is refused, on either instance, with a RetryInfo.
+    for mut auth in [b.clone(), a.clone()] {
+        let err = login(&mut auth, "victim@example.com", PASSWORD).await.unwrap_err();
+        assert_error(&err, Code::ResourceExhausted, "TOO_MANY_ATTEMPTS");
+        let delay = err.get_details_retry_info().and_then(|r| r.retry_delay).expect("a RetryInfo delay");
+        assert!(delay > Duration::ZERO && delay <= Duration::from_secs(2), "{delay:?}");
+    }
+    // Another account from the same address is not affected.
+    login(&mut a, "bystander@example.com", PASSWORD).await.unwrap();
+    // After the window, the right password works again.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    login(&mut b, "victim@example.com", PASSWORD).await.unwrap();
+}
+
+#[tokio::test]
+async fn one_address_is_throttled_across_accounts_at_its_own_higher_limit() {
+    let db = TestDatabase::new().await;
+    let mut config = auth_config(&db);
+    config.throttle.max_failures_per_account = 100;
+    config.throttle.max_failures_per_address = 4;
+    let server = spawn_auth(config).await;
+    let mut auth = client(&server).await;
+    sign_up(&mut auth, "real@example.com").await;
+    for i in 0..4 {
+        let err = login(&mut auth, &format!("made-up-{i}@example.com"), "guess").await.unwrap_err();
+        assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    }
+    let err = login(&mut auth, "real@example.com", PASSWORD).await.unwrap_err();
+    assert_error(&err, Code::ResourceExhausted, "TOO_MANY_ATTEMPTS");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM login_throttle WHERE key LIKE 'address:%'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn a_throttled_answer_takes_as_long_as_a_wrong_password() {
+    let db = TestDatabase::new().await;
+    let mut config = auth_config(&db);
+    config.bcrypt_cost = 10;
+    config.throttle.max_failures_per_account = 1;
+    let server = spawn_auth(config).await;
+    let mut auth = client(&server).await;
+    sign_up(&mut auth, "slow@example.com").await;
+    let start = Instant::now();
+    login(&mut auth, "slow@example.com", "guess").await.unwrap_err();
+    let wrong = start.elapsed();
+    let start = Instant::now();
+    let err = login(&mut auth, "slow@example.com", "guess").await.unwrap_err();
+    let throttled = start.elapsed();
+    assert_error(&err, Code::ResourceExhausted, "TOO_MANY_ATTEMPTS");
+    assert!(throttled.as_secs_f64() > wrong.as_secs_f64() * 0.5, "throttled {throttled:?} vs wrong {wrong:?}");
+}
+
+#[tokio::test]
+async fn a_login_storm_is_shed_quickly_and_cheap_calls_stay_fast() {
+    let db = TestDatabase::new().await;
+    let mut config = auth_config(&db);
+    config.bcrypt_cost = 12;
+    config.throttle.max_failures_per_address = 10_000;
+    config.throttle.max_failures_per_account = 10_000;
+    let server = spawn_auth(config).await;
+    let mut auth = client(&server).await;
+    let tokens = sign_up(&mut auth, "storm@example.com").await;
+
+    let mut storm = Vec::new();
+    for _ in 0..80 {
+        let mut c = auth.clone();
+        storm.push(tokio::spawn(async move {
+            let start = Instant::now();
+            let outcome = login(&mut c, "storm@example.com", "wrong password").await;
+            (outcome.err().map(|s| (s.code(), testkit::reason(&s))), start.elapsed())
+        }));
+    }
+    // Meanwhile, the cheap calls.
+    let mut cheap = Vec::new();
+    for _ in 0..20 {
+        let start = Instant::now();
+        auth.get_current_user(authed(GetCurrentUserRequest {}, &tokens.access_token)).await.unwrap();
+        cheap.push(start.elapsed());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut shed = 0;
+    for handle in storm {
+        let (error, took) = handle.await.unwrap();
+        if error == Some((Code::ResourceExhausted, "OVERLOADED".to_string())) {
+            shed += 1;
+            assert!(took < Duration::from_millis(1500), "refused quickly, not after queueing: {took:?}");
+        }
+    }
+    assert!(shed > 0, "some of 80 concurrent cost-12 logins are shed");
+    cheap.sort();
+    let p95 = cheap[cheap.len() * 95 / 100 - 1];
+    assert!(p95 < Duration::from_millis(250), "GetCurrentUser during the storm: {cheap:?}");
+}
+
+#[tokio::test]
+async fn a_hash_of_another_cost_is_upgraded_at_login() {
+    let db = TestDatabase::new().await;
+    let old = spawn_auth(auth_config(&db)).await; // cost 4
+    sign_up(&mut client(&old).await, "upgrade@example.com").await;
+    old.stop().await.unwrap();
+    let mut config = auth_config(&db);
+    config.bcrypt_cost = 5;
+    let new = spawn_auth(config).await;
+    login(&mut client(&new).await, "upgrade@example.com", PASSWORD).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let hash: String = sqlx::query_scalar("SELECT password_hash FROM users").fetch_one(&db.pool).await.unwrap();
+        if hash.starts_with("$2b$05$") {
+            assert!(bcrypt::verify(PASSWORD, &hash).unwrap());
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "hash never upgraded: {}", &hash[..7]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    login(&mut client(&new).await, "upgrade@example.com", PASSWORD).await.unwrap();
+}

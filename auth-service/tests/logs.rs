@@ -1,0 +1,94 @@
+//! No password, token or hash reaches the logs during a full session, even at debug level.
+//!
+//! A test binary of its own: it installs the global subscriber, because tracing caches per
+//! callsite whether anyone listens, and a thread-local subscriber in a binary whose other tests
+//! run without one would miss events.
+
+use std::sync::{Arc, Mutex};
+use testkit::{PASSWORD, authed};
+use todo_proto::auth::v1::*;
+
+/// Collects everything the services log while the guard lives (this test's thread only).
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_password_token_or_hash_reaches_the_logs() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this test binary");
+
+    let app = testkit::TestApp::spawn().await;
+    let mut auth = app.auth.clone();
+    let (_, tokens) = app.sign_up("secret@example.com").await;
+    let mut secrets = vec![PASSWORD.to_string(), "another secret pw".into(), "wrong horse".into()];
+    secrets.push(tokens.access_token.clone());
+    secrets.push(tokens.refresh_token.clone());
+    auth.login(LoginRequest { email: "secret@example.com".into(), password: "wrong horse".into() }).await.unwrap_err();
+    let pair = auth
+        .refresh_token(RefreshTokenRequest { refresh_token: tokens.refresh_token.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    secrets.push(pair.access_token.clone());
+    secrets.push(pair.refresh_token.clone());
+    auth.validate_token(ValidateTokenRequest { access_token: pair.access_token.clone() }).await.unwrap();
+    let changed = auth
+        .change_password(authed(
+            ChangePasswordRequest { current_password: PASSWORD.into(), new_password: "another secret pw".into() },
+            &pair.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    secrets.push(changed.access_token.clone());
+    secrets.push(changed.refresh_token.clone());
+    // A reused refresh token and a bad token, for the error paths.
+    sqlx::query("UPDATE refresh_tokens SET spent_at = spent_at - interval '1 hour' WHERE spent_at IS NOT NULL")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    auth.refresh_token(RefreshTokenRequest { refresh_token: tokens.refresh_token.clone() }).await.unwrap_err();
+    auth.get_current_user(authed(GetCurrentUserRequest {}, "not.a.token")).await.unwrap_err();
+    app.tasks
+        .clone()
+        .create_task(authed(
+            todo_proto::task::v1::CreateTaskRequest { title: "t".into(), ..Default::default() },
+            &changed.access_token,
+        ))
+        .await
+        .unwrap();
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users").fetch_one(&app.db.pool).await.unwrap();
+    secrets.push(hash);
+    auth.delete_account(authed(DeleteAccountRequest { password: "another secret pw".into() }, &changed.access_token))
+        .await
+        .unwrap();
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("signed up") && text.contains("account deleted"), "the capture works:\n{text}");
+    for secret in &secrets {
+        assert!(!text.contains(secret.as_str()), "a secret ({} chars) appears in the logs", secret.len());
+    }
+    // Any JWT-looking or bcrypt-looking string at all.
+    assert!(!text.contains("eyJ"), "a JWT appears in the logs");
+    assert!(!text.contains("$2b$"), "a bcrypt hash appears in the logs");
+}

@@ -1,0 +1,190 @@
+//! Revocation reaches task-service within a second, also after its listener lost the connection.
+
+use crate::token_minting::{TestKey, good_claims, live_session};
+use std::time::{Duration, Instant};
+use testkit::{PASSWORD, TestApp, assert_error, authed};
+use todo_proto::auth::v1::*;
+use todo_proto::task::v1::ListTasksRequest;
+use tonic::Code;
+
+/// Polls ListTasks until it is refused with SESSION_REVOKED; returns how long that took.
+async fn time_until_refused(app: &TestApp, token: &str) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        match app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), token)).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(status) => {
+                assert_error(&status, Code::Unauthenticated, "SESSION_REVOKED");
+                return start.elapsed();
+            }
+        }
+    }
+    panic!("task-service still accepts a revoked session after 5 s");
+}
+
+/// Waits (bounded) until task-service's listener connection has issued LISTEN.
+async fn wait_until_live(app: &TestApp) {
+    let start = Instant::now();
+    loop {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        if listening > 0 {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the listener never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_kind_of_revocation_reaches_task_service_within_a_second() {
+    let app = TestApp::spawn().await;
+    wait_until_live(&app).await;
+    let mut auth = app.auth.clone();
+
+    // Logout.
+    let (_, t) = app.sign_up("a@example.com").await;
+    app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &t.access_token)).await.unwrap();
+    auth.logout(LogoutRequest { refresh_token: t.refresh_token }).await.unwrap();
+    assert!(time_until_refused(&app, &t.access_token).await < Duration::from_secs(1));
+
+    // LogoutAll: both sessions.
+    let (_, first) = app.sign_up("b@example.com").await;
+    let second = auth
+        .login(LoginRequest { email: "b@example.com".into(), password: PASSWORD.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    auth.logout_all(authed(LogoutAllRequest {}, &first.access_token)).await.unwrap();
+    assert!(time_until_refused(&app, &first.access_token).await < Duration::from_secs(1));
+    assert!(time_until_refused(&app, &second.access_token).await < Duration::from_secs(1));
+
+    // ChangePassword: the old session dies, the new pair works.
+    let (_, old) = app.sign_up("c@example.com").await;
+    let new = auth
+        .change_password(authed(
+            ChangePasswordRequest { current_password: PASSWORD.into(), new_password: "a new password".into() },
+            &old.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    assert!(time_until_refused(&app, &old.access_token).await < Duration::from_secs(1));
+    app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &new.access_token)).await.unwrap();
+
+    // DeleteAccount: the sessions go by cascade.
+    let (_, d) = app.sign_up("d@example.com").await;
+    auth.delete_account(authed(DeleteAccountRequest { password: PASSWORD.into() }, &d.access_token)).await.unwrap();
+    assert!(time_until_refused(&app, &d.access_token).await < Duration::from_secs(1));
+
+    // Refresh-token reuse (after the grace window, simulated by ageing spent_at).
+    let (_, e) = app.sign_up("e@example.com").await;
+    let rotated = auth
+        .refresh_token(RefreshTokenRequest { refresh_token: e.refresh_token.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    sqlx::query("UPDATE refresh_tokens SET spent_at = spent_at - interval '1 hour' WHERE spent_at IS NOT NULL")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let err = auth.refresh_token(RefreshTokenRequest { refresh_token: e.refresh_token }).await.unwrap_err();
+    assert_error(&err, Code::Unauthenticated, "REFRESH_TOKEN_REUSED");
+    assert!(time_until_refused(&app, &rotated.access_token).await < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn a_lost_listener_connection_falls_back_to_the_database_and_reloads() {
+    let app = TestApp::spawn().await;
+    wait_until_live(&app).await;
+    let (user, t) = app.sign_up("f@example.com").await;
+    app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &t.access_token)).await.unwrap();
+
+    // A revocation whose notification is lost (as if sent while the listener was away)...
+    let mut tx = app.db.pool.begin().await.unwrap();
+    sqlx::query("ALTER TABLE sessions DISABLE TRIGGER trg_sessions_revoked").execute(&mut *tx).await.unwrap();
+    sqlx::query("UPDATE sessions SET revoked_at = now(), revoked_reason = 'logout' WHERE user_id = $1::uuid")
+        .bind(&user.id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE sessions ENABLE TRIGGER trg_sessions_revoked").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    // ...and the listener's connection dies.
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(killed >= 1, "found the listener's connection");
+    // Whether the check goes to the database (listener down) or to the reloaded list
+    // (listener back), the session is refused...
+    assert!(time_until_refused(&app, &t.access_token).await < Duration::from_secs(1));
+    // ...and still once the listener is back and answers from memory: the list was reloaded.
+    wait_until_live(&app).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let err = app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &t.access_token)).await.unwrap_err();
+    assert_error(&err, Code::Unauthenticated, "SESSION_REVOKED");
+}
+
+#[tokio::test]
+async fn keys_rotate_without_restarting_task_service() {
+    let app = TestApp::spawn().await;
+    wait_until_live(&app).await;
+    let (user, _) = app.sign_up("g@example.com").await;
+    let sid = live_session(&app.db.pool, &user.id).await;
+    let old = TestKey::new("old-key");
+    old.register(&app.db.pool).await;
+    let old_token = old.sign_claims(&good_claims(&user.id, sid));
+    app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &old_token)).await.unwrap();
+
+    // A new key is introduced and signs; both verify.
+    let new = TestKey::new("new-key");
+    new.register(&app.db.pool).await;
+    let new_token = new.sign_claims(&good_claims(&user.id, sid));
+    app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &new_token)).await.unwrap();
+    app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &old_token)).await.unwrap();
+
+    // The old key is retired: within a second it stops verifying (even a cached token), and
+    // GetJwks shows exactly the keys that still verify.
+    sqlx::query("UPDATE signing_keys SET retired_at = now() WHERE kid = 'old-key'")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        match app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &old_token)).await {
+            Ok(_) if start.elapsed() < Duration::from_secs(1) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Ok(_) => panic!("a retired key still verifies after 1 s"),
+            Err(status) => {
+                assert_error(&status, Code::Unauthenticated, "INVALID_TOKEN");
+                break;
+            }
+        }
+    }
+    app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &new_token)).await.unwrap();
+    let kids: Vec<String> = app
+        .auth
+        .clone()
+        .get_jwks(GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert!(kids.contains(&"new-key".to_string()) && !kids.contains(&"old-key".to_string()), "{kids:?}");
+}
