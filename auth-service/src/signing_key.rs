@@ -77,12 +77,57 @@ impl TokenSigningKey {
 
     /// Stops the key verifying once `after` has passed: when its last token has expired.
     pub async fn retire_after(&self, pool: &PgPool, after: Duration) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE signing_keys SET retired_at = now() + make_interval(secs => $2) WHERE kid = $1")
-            .bind(&self.kid)
-            .bind(after.as_secs_f64())
-            .execute(pool)
-            .await?;
-        Ok(())
+        retire(pool, &self.kid, after).await.map(|_| ())
+    }
+}
+
+/// Stops the key `kid` verifying once `after` has passed; false if no such key exists.
+/// Verifiers hear of it at once (a trigger notifies them) and GetJwks stops listing it then.
+pub async fn retire(pool: &PgPool, kid: &str, after: Duration) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE signing_keys SET retired_at = now() + make_interval(secs => $2) WHERE kid = $1")
+        .bind(kid)
+        .bind(after.as_secs_f64())
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// `auth-service retire-key <kid> [seconds]`: the last step of a key rotation, run once no
+/// instance signs with the old key any more. Give `seconds` to let its last tokens expire first.
+pub async fn retire_key_command(args: &[String]) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let (Some(kid), after) = (args.first(), args.get(1)) else {
+        eprintln!("usage: auth-service retire-key <kid> [seconds until it stops verifying, default 0]");
+        return ExitCode::from(2);
+    };
+    let Ok(after) = after.map_or(Ok(0), |s| s.parse::<u64>()) else {
+        eprintln!("auth-service retire-key: seconds must be a whole number");
+        return ExitCode::from(2);
+    };
+    let config = match todo_shared::config::DbConfig::from_env(&todo_shared::config::ProcessEnv) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("auth-service: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = async {
+        let pool = todo_shared::db::pool(&config)?;
+        retire(&pool, kid, Duration::from_secs(after)).await
+    };
+    match outcome.await {
+        Ok(true) => {
+            println!("key {kid} stops verifying in {after} s");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            eprintln!("auth-service retire-key: no key with kid {kid}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("auth-service retire-key: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

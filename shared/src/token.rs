@@ -148,3 +148,50 @@ impl TokenVerifier {
         Ok((data.claims, kid))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    fn verifier() -> TokenVerifier {
+        // Never reached for malformed input; a refused connection for well-formed headers.
+        let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a valid URL");
+        TokenVerifier::new(Arc::new(KeyRing::new(pool)), &TokenConfig { issuer: "i".into(), audience: "a".into() })
+    }
+
+    fn b64(json: &serde_json::Value) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(json).expect("JSON serializes"))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Arbitrary text is refused, never accepted and never a panic.
+        #[test]
+        fn arbitrary_text_is_refused(token in ".{0,300}") {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            let outcome = runtime.block_on(async { verifier().verify(&token).await });
+            proptest::prop_assert!(outcome.is_err());
+        }
+
+        /// Well-formed JWTs with arbitrary headers, claims and signatures are refused.
+        #[test]
+        fn arbitrary_jwts_are_refused(
+            alg in proptest::sample::select(vec!["none", "HS256", "RS256", "EdDSA", "ES256", ""]),
+            typ in proptest::option::of("[a-z+]{0,8}"),
+            kid in proptest::option::of(".{0,20}"),
+            sub in ".{0,40}",
+            exp in proptest::num::i64::ANY,
+            signature in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+        ) {
+            let header = serde_json::json!({"alg": alg, "typ": typ, "kid": kid});
+            let claims = serde_json::json!({"iss": "i", "aud": "a", "sub": sub, "sid": sub, "exp": exp, "iat": 0, "jti": sub});
+            let token = format!("{}.{}.{}", b64(&header), b64(&claims), URL_SAFE_NO_PAD.encode(&signature));
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            let outcome = runtime.block_on(async { verifier().verify(&token).await });
+            proptest::prop_assert!(outcome.is_err());
+        }
+    }
+}

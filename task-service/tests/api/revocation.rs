@@ -188,3 +188,76 @@ async fn keys_rotate_without_restarting_task_service() {
         .collect();
     assert!(kids.contains(&"new-key".to_string()) && !kids.contains(&"old-key".to_string()), "{kids:?}");
 }
+
+/// Writes a fresh Ed25519 key as a PKCS#8 PEM file only its owner can read.
+fn key_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use std::os::unix::fs::PermissionsExt;
+    let key = TestKey::new(name);
+    let path = dir.join(format!("{name}.pem"));
+    std::fs::write(&path, key.signing.to_pkcs8_pem(Default::default()).unwrap().as_bytes()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_rolling_key_rotation_of_auth_service_needs_no_task_service_restart() {
+    let app = TestApp::spawn().await;
+    wait_until_live(&app).await;
+    let dir = std::env::temp_dir().join(format!("todo-keys-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let instance = |key: std::path::PathBuf| {
+        let mut config = testkit::auth_config(&app.db);
+        config.signing_key_file = Some(key);
+        testkit::spawn_auth(config)
+    };
+    let sign_up = |addr: std::net::SocketAddr, email: &'static str| async move {
+        let mut auth = auth_service_client::AuthServiceClient::new(testkit::channel(addr).await);
+        auth.sign_up(SignUpRequest { email: email.into(), password: PASSWORD.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .tokens
+            .unwrap()
+    };
+
+    // The old key signs; then an instance with the new key joins, and the old one leaves.
+    let old = instance(key_file(&dir, "old")).await;
+    let old_token = sign_up(old.addr, "old@example.com").await.access_token;
+    let old_kid = jsonwebtoken::decode_header(&old_token).unwrap().kid.unwrap();
+    let new = instance(key_file(&dir, "new")).await;
+    let new_token = sign_up(new.addr, "new@example.com").await.access_token;
+    old.stop().await.unwrap();
+    for token in [&old_token, &new_token] {
+        app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), token)).await.unwrap();
+    }
+    let mut auth = auth_service_client::AuthServiceClient::new(testkit::channel(new.addr).await);
+    assert_eq!(
+        auth.get_jwks(GetJwksRequest {}).await.unwrap().into_inner().keys.len(),
+        3,
+        "the app's own key, old, new"
+    );
+
+    // Retiring the old key (auth-service retire-key) takes effect within a second at
+    // task-service, which was never restarted; GetJwks no longer lists it.
+    assert!(auth_service::signing_key::retire(&app.db.pool, &old_kid, Duration::ZERO).await.unwrap());
+    let start = Instant::now();
+    loop {
+        match app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &old_token)).await {
+            Ok(_) => {
+                assert!(start.elapsed() < Duration::from_secs(1), "a retired key still verifies after 1 s");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => {
+                assert_error(&status, Code::Unauthenticated, "INVALID_TOKEN");
+                break;
+            }
+        }
+    }
+    app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &new_token)).await.unwrap();
+    let kids: Vec<String> =
+        auth.get_jwks(GetJwksRequest {}).await.unwrap().into_inner().keys.into_iter().map(|k| k.kid).collect();
+    assert_eq!(kids.len(), 2);
+    assert!(!kids.contains(&old_kid));
+    std::fs::remove_dir_all(dir).unwrap();
+}
