@@ -30,23 +30,43 @@ pub struct PasswordHasher {
     slots: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
-    dummy_hash: Arc<str>,
+    /// Computed in the background at start, so that startup does not wait for a bcrypt hash.
+    dummy_hash: Arc<tokio::sync::OnceCell<Arc<str>>>,
 }
 
 impl PasswordHasher {
     pub async fn new(cost: u32) -> Result<Self, PasswordError> {
         let slots = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let dummy = tokio::task::spawn_blocking(move || bcrypt::hash("dummy password for unknown users", cost))
-            .await
-            .map_err(|e| PasswordError::Failed(e.to_string()))?
-            .map_err(|e| PasswordError::Failed(e.to_string()))?;
-        Ok(Self {
+        let dummy_hash = Arc::new(tokio::sync::OnceCell::new());
+        let hasher = Self {
             cost,
             slots: Arc::new(Semaphore::new(slots)),
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting: slots * WAITING_PER_SLOT,
-            dummy_hash: dummy.into(),
-        })
+            dummy_hash,
+        };
+        let warm = hasher.clone();
+        tokio::spawn(async move {
+            if let Err(e) = warm.dummy_hash().await {
+                tracing::warn!(error = %e, "could not prepare the dummy hash yet");
+            }
+        });
+        Ok(hasher)
+    }
+
+    /// A hash of nothing anyone knows, at the configured cost.
+    async fn dummy_hash(&self) -> Result<Arc<str>, PasswordError> {
+        let cost = self.cost;
+        self.dummy_hash
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || bcrypt::hash("dummy password for unknown users", cost))
+                    .await
+                    .map_err(|e| PasswordError::Failed(e.to_string()))?
+                    .map(Arc::from)
+                    .map_err(|e| PasswordError::Failed(e.to_string()))
+            })
+            .await
+            .cloned()
     }
 
     pub fn cost(&self) -> u32 {
@@ -65,7 +85,7 @@ impl PasswordHasher {
         let password = password.to_owned();
         let (hash, real) = match hash {
             Some(h) => (h.to_owned(), true),
-            None => (self.dummy_hash.to_string(), false),
+            None => (self.dummy_hash().await?.to_string(), false),
         };
         let matched = self.run(move || Ok(bcrypt::verify(password, &hash).unwrap_or(false))).await?;
         Ok(real && matched)

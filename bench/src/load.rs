@@ -1,0 +1,89 @@
+//! The load loop: `concurrency` callers, each issuing one call after another over a few shared
+//! HTTP/2 connections, for a warm-up and then a measured period. Every error is counted.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy)]
+pub struct Timing {
+    pub warmup: Duration,
+    pub measure: Duration,
+}
+
+pub struct LoadResult {
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    /// Latencies of the measured calls, in microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+    pub first_error: Option<String>,
+}
+
+impl LoadResult {
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() as f64 * p).ceil() as usize).clamp(1, self.latencies_us.len()) - 1;
+        (self.latencies_us[i] as f64 / 10.0).round() / 100.0
+    }
+}
+
+/// Runs `call(worker, iteration)` from `concurrency` workers. A call returns Err with a short
+/// description on any failure.
+pub async fn run<F, Fut>(concurrency: usize, timing: Timing, call: F) -> LoadResult
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let call = Arc::new(call);
+    let start = Instant::now();
+    let measure_from = start + timing.warmup;
+    let end = measure_from + timing.measure;
+    let mut workers = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        let call = call.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let (mut errors, mut first_error) = (0u64, None);
+            let mut iteration = 0u64;
+            loop {
+                let began = Instant::now();
+                if began >= end {
+                    break;
+                }
+                let outcome = call(worker, iteration).await;
+                iteration += 1;
+                if began < measure_from {
+                    continue;
+                }
+                match outcome {
+                    Ok(()) => latencies.push(began.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            (latencies, errors, first_error)
+        }));
+    }
+    let mut result = LoadResult { requests: 0, errors: 0, seconds: 0.0, latencies_us: Vec::new(), first_error: None };
+    for worker in workers {
+        let (latencies, errors, first_error) = worker.await.expect("load workers do not panic");
+        result.latencies_us.extend(latencies);
+        result.errors += errors;
+        if result.first_error.is_none() {
+            result.first_error = first_error;
+        }
+    }
+    result.seconds = (Instant::now().min(end + Duration::from_secs(60)) - measure_from).as_secs_f64();
+    result.requests = result.latencies_us.len() as u64 + result.errors;
+    result.latencies_us.sort_unstable();
+    result
+}
