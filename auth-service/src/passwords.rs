@@ -82,6 +82,9 @@ impl PasswordHasher {
     /// Whether `password` matches `hash`; with no hash (unknown user), a dummy check that
     /// takes as long and always fails.
     pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool, PasswordError> {
+        // bcrypt would compare only the first 72 bytes; a longer attempt can never be right, and
+        // is checked against the dummy hash so that it takes as long as any other.
+        let hash = if password.len() > crate::domain::Password::MAX_BYTES { None } else { hash };
         let password = password.to_owned();
         let (hash, real) = match hash {
             Some(h) => (h.to_owned(), true),
@@ -98,12 +101,10 @@ impl PasswordHasher {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
-                    self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    return Err(PasswordError::Overloaded);
-                }
+                // The guard gives the place back however the wait ends, a cancelled call included.
+                let place = WaitingPlace::take(&self.waiting, self.max_waiting).ok_or(PasswordError::Overloaded)?;
                 let waited = tokio::time::timeout(QUEUE_WAIT, self.slots.clone().acquire_owned()).await;
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                drop(place);
                 waited.map_err(|_| PasswordError::Overloaded)?.expect("the semaphore is never closed")
             }
         };
@@ -113,5 +114,21 @@ impl PasswordHasher {
         })
         .await
         .map_err(|e| PasswordError::Failed(e.to_string()))?
+    }
+}
+
+/// One place in the queue of calls waiting for a hashing slot, given back on drop.
+struct WaitingPlace<'a>(&'a AtomicUsize);
+
+impl<'a> WaitingPlace<'a> {
+    fn take(waiting: &'a AtomicUsize, max: usize) -> Option<Self> {
+        let place = WaitingPlace(waiting);
+        (waiting.fetch_add(1, Ordering::AcqRel) < max).then_some(place)
+    }
+}
+
+impl Drop for WaitingPlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -22,6 +22,9 @@ use todo_shared::token::{TokenError, TokenVerifier};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+/// How many extra pairs one refresh token may yield within the grace window (three tabs).
+const MAX_GRACE_EXCHANGES: i32 = 2;
+
 pub struct AuthApi {
     pub(crate) pool: PgPool,
     pub(crate) hasher: PasswordHasher,
@@ -56,15 +59,14 @@ impl AuthApi {
     /// A password check under the brute-force throttle. A throttled attempt still pays for a
     /// bcrypt check, so that its answer takes as long as any other.
     async fn check_password(&self, keys: &AttemptKeys, password: &str, hash: Option<&str>) -> Result<(), AuthError> {
-        if let Some(retry_after) = self.throttle.retry_after(keys).await? {
+        if let Some(retry_after) = self.throttle.attempt(keys).await? {
             self.hasher.verify(password, None).await?;
             return Err(AuthError::TooManyAttempts { retry_after });
         }
         if self.hasher.verify(password, hash).await? {
-            self.throttle.record_success(keys).await?;
+            self.throttle.succeeded(keys).await?;
             Ok(())
         } else {
-            self.throttle.record_failure(keys).await?;
             Err(AuthError::InvalidCredentials)
         }
     }
@@ -79,21 +81,24 @@ impl AuthApi {
 
     /// Re-hashes a password whose stored hash has another cost than the configured one. Runs
     /// after the reply, so the login that triggers it is not slowed down.
-    fn upgrade_hash_if_needed(&self, user_id: Uuid, session_id: Uuid, stored_hash: &str, password: &str) {
+    /// The write only lands if the stored hash is still the one that was verified, so that it
+    /// can never undo a password change made in between.
+    fn upgrade_hash_if_needed(&self, user_id: Uuid, stored_hash: &str, password: &str) {
         let stored_cost = stored_hash.split('$').nth(2).and_then(|c| c.parse::<u32>().ok());
         if stored_cost == Some(self.hasher.cost()) {
             return;
         }
-        let (pool, hasher, password) = (self.pool.clone(), self.hasher.clone(), password.to_owned());
+        let (pool, hasher) = (self.pool.clone(), self.hasher.clone());
+        let (stored_hash, password) = (stored_hash.to_owned(), password.to_owned());
         tokio::spawn(async move {
-            let caller = Caller { user_id, session_id };
-            match hasher.hash(&password).await {
+            let upgraded = match hasher.hash(&password).await {
                 Ok(hash) => {
-                    if let Err(e) = store::set_password_hash(&pool, &caller, &hash).await {
-                        tracing::warn!(error = %e, %user_id, "could not upgrade a password hash");
-                    }
+                    store::replace_password_hash(&pool, user_id, &stored_hash, &hash).await.map_err(|e| e.to_string())
                 }
-                Err(e) => tracing::warn!(error = %e, %user_id, "could not upgrade a password hash"),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = upgraded {
+                tracing::warn!(error = %e, %user_id, "could not upgrade a password hash");
             }
         });
     }
@@ -118,14 +123,18 @@ impl AuthApi {
         all_valid([email_given.as_ref(), password.as_ref().err()])?;
         let password = password?;
         let email = Email::normalize_for_lookup(&req.email);
-        let credentials = store::credentials_by_email(&self.pool, &email).await?;
+        // An address no account can have (too long, control characters) is looked up nowhere,
+        // but still answered after a password check, like any unknown address.
+        let usable = email.chars().count() <= Email::MAX_CHARS && !email.chars().any(char::is_control);
+        let email = if usable { email } else { "<unusable address>".to_owned() };
+        let credentials = if usable { store::credentials_by_email(&self.pool, &email).await? } else { None };
         let keys = AttemptKeys::new(&email, client);
         self.check_password(&keys, password.expose(), credentials.as_ref().map(|c| c.password_hash.as_str())).await?;
         let credentials = credentials.ok_or(AuthError::InvalidCredentials)?;
         let mut tx = self.pool.begin().await?;
         let tokens = self.open_session(&mut tx, credentials.id).await?;
         tx.commit().await?;
-        self.upgrade_hash_if_needed(credentials.id, Uuid::nil(), &credentials.password_hash, password.expose());
+        self.upgrade_hash_if_needed(credentials.id, &credentials.password_hash, password.expose());
         Ok(LoginResponse { user: Some(user_message(&credentials.user())), tokens: Some(tokens) })
     }
 
@@ -144,11 +153,13 @@ impl AuthApi {
         if state.expires_at <= state.now {
             return Err(TokenError::Expired.into());
         }
+        let grace = chrono::Duration::from_std(self.refresh_reuse_grace).unwrap_or_default();
         match state.spent_at {
             // Within the grace window a second refresh of the same token is a client's
-            // concurrent refresh (two tabs), not a thief: it gets a pair of its own.
-            Some(spent_at)
-                if state.now - spent_at <= chrono::Duration::from_std(self.refresh_reuse_grace).unwrap_or_default() => {
+            // concurrent refresh (two tabs), not a thief: it gets a pair of its own. Only a few
+            // such exchanges per token, so that the window cannot mint pairs without end.
+            Some(spent_at) if state.now - spent_at <= grace && state.grace_exchanges < MAX_GRACE_EXCHANGES => {
+                store::count_grace_exchange(&mut *tx, &hash).await?;
             }
             Some(_) => {
                 store::revoke_session(&mut *tx, state.session_id, RevokeReason::RefreshTokenReused).await?;

@@ -62,16 +62,26 @@ impl TokenSigningKey {
         })
     }
 
-    /// Makes the public key verify from now on (again, if it had been retired).
-    pub async fn register(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO signing_keys (kid, public_key) VALUES ($1, $2)
-             ON CONFLICT (kid) DO UPDATE SET retired_at = NULL",
-        )
-        .bind(&self.kid)
-        .bind(&self.public_key[..])
-        .execute(pool)
-        .await?;
+    /// Makes the public key verify from now on. A key that was retired stays retired: an
+    /// instance restarted with a retired (perhaps leaked) key refuses to start rather than
+    /// quietly make it valid again.
+    pub async fn register(&self, pool: &PgPool) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO signing_keys (kid, public_key) VALUES ($1, $2) ON CONFLICT (kid) DO NOTHING")
+            .bind(&self.kid)
+            .bind(&self.public_key[..])
+            .execute(pool)
+            .await?;
+        let retired: Option<chrono::DateTime<chrono::Utc>> =
+            sqlx::query_scalar("SELECT retired_at FROM signing_keys WHERE kid = $1")
+                .bind(&self.kid)
+                .fetch_one(pool)
+                .await?;
+        if let Some(at) = retired {
+            anyhow::bail!(
+                "SIGNING_KEY_FILE: key {} was retired (it stops or stopped verifying at {at}); give a new key file",
+                self.kid
+            );
+        }
         Ok(())
     }
 

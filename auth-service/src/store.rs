@@ -94,6 +94,22 @@ pub async fn set_password_hash(
     Ok(())
 }
 
+/// Swaps `old_hash` for `new_hash` if it is still the stored one (a rehash at another cost).
+pub async fn replace_password_hash(
+    db: impl PgExecutor<'_>,
+    user_id: Uuid,
+    old_hash: &str,
+    new_hash: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2")
+        .bind(user_id)
+        .bind(old_hash)
+        .bind(new_hash)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// Deletes the caller's account; sessions and tasks go by ON DELETE CASCADE.
 pub async fn delete_user(db: impl PgExecutor<'_>, caller: &Caller) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("DELETE FROM users WHERE id = $1").bind(caller.user_id).execute(db).await?;
@@ -127,6 +143,7 @@ pub struct RefreshTokenState {
     pub user_id: Uuid,
     pub expires_at: DateTime<Utc>,
     pub spent_at: Option<DateTime<Utc>>,
+    pub grace_exchanges: i32,
     pub session_revoked: bool,
     pub now: DateTime<Utc>,
 }
@@ -136,7 +153,8 @@ pub async fn lock_refresh_token(
     hash: &[u8; 32],
 ) -> Result<Option<RefreshTokenState>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT r.session_id, s.user_id, r.expires_at, r.spent_at, s.revoked_at IS NOT NULL AS session_revoked,
+        "SELECT r.session_id, s.user_id, r.expires_at, r.spent_at, r.grace_exchanges,
+                s.revoked_at IS NOT NULL AS session_revoked,
                 now() AS now
          FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id
          WHERE r.token_hash = $1
@@ -149,6 +167,14 @@ pub async fn lock_refresh_token(
 
 pub async fn spend_refresh_token(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE refresh_tokens SET spent_at = now() WHERE token_hash = $1 AND spent_at IS NULL")
+        .bind(&hash[..])
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn count_grace_exchange(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE refresh_tokens SET grace_exchanges = grace_exchanges + 1 WHERE token_hash = $1")
         .bind(&hash[..])
         .execute(db)
         .await?;
@@ -206,17 +232,28 @@ pub async fn session_is_live(db: impl PgExecutor<'_>, caller: &Caller) -> Result
         .await
 }
 
-/// Seconds until the longest-blocked of `keys` may try again, if any has reached its limit.
-pub async fn throttle_retry_after(
+/// Counts an attempt for each key before the password is checked, so that concurrent guesses
+/// cannot all pass a check made before any of them failed. Returns the seconds until the
+/// longest-blocked key's window ends if any key is now over its limit.
+pub async fn throttle_attempt(
     db: impl PgExecutor<'_>,
     keys: &[String],
     limits: &[i32],
     window: std::time::Duration,
 ) -> Result<Option<f64>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT max(EXTRACT(EPOCH FROM t.window_start + make_interval(secs => $3) - now()))::float8
-         FROM login_throttle t JOIN unnest($1::text[], $2::int[]) AS l(key, max_failures) ON l.key = t.key
-         WHERE t.window_start > now() - make_interval(secs => $3) AND t.failures >= l.max_failures",
+        "WITH counted AS (
+             INSERT INTO login_throttle (key, window_start, failures) SELECT unnest($1::text[]), now(), 1
+             ON CONFLICT (key) DO UPDATE SET
+                 failures = CASE WHEN login_throttle.window_start > now() - make_interval(secs => $3)
+                                 THEN login_throttle.failures + 1 ELSE 1 END,
+                 window_start = CASE WHEN login_throttle.window_start > now() - make_interval(secs => $3)
+                                     THEN login_throttle.window_start ELSE now() END
+             RETURNING key, failures, window_start
+         )
+         SELECT max(EXTRACT(EPOCH FROM c.window_start + make_interval(secs => $3) - now()))::float8
+         FROM counted c JOIN unnest($1::text[], $2::int[]) AS l(key, max_attempts) ON l.key = c.key
+         WHERE c.failures > l.max_attempts",
     )
     .bind(keys)
     .bind(limits)
@@ -225,29 +262,21 @@ pub async fn throttle_retry_after(
     .await
 }
 
-/// Counts a failure for each key, starting a new window where the old one has ended.
-pub async fn throttle_record_failure(
+/// After a correct password: the account starts afresh, and the attempt no longer counts
+/// against the address.
+pub async fn throttle_forgive(
     db: impl PgExecutor<'_>,
-    keys: &[String],
-    window: std::time::Duration,
+    account: &str,
+    address: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO login_throttle (key, window_start, failures) SELECT unnest($1::text[]), now(), 1
-         ON CONFLICT (key) DO UPDATE SET
-             failures = CASE WHEN login_throttle.window_start > now() - make_interval(secs => $2)
-                             THEN login_throttle.failures + 1 ELSE 1 END,
-             window_start = CASE WHEN login_throttle.window_start > now() - make_interval(secs => $2)
-                                 THEN login_throttle.window_start ELSE now() END",
+        "WITH gone AS (DELETE FROM login_throttle WHERE key = $1 OR (key = $2 AND failures <= 1))
+         UPDATE login_throttle SET failures = failures - 1 WHERE key = $2 AND failures > 1",
     )
-    .bind(keys)
-    .bind(window.as_secs_f64())
+    .bind(account)
+    .bind(address)
     .execute(db)
     .await?;
-    Ok(())
-}
-
-pub async fn throttle_clear(db: impl PgExecutor<'_>, key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM login_throttle WHERE key = $1").bind(key).execute(db).await?;
     Ok(())
 }
 

@@ -1,8 +1,10 @@
 //! Brute-force throttling of password checks, per account and per client address.
 //!
 //! Counts live in the database (`login_throttle`), so several auth-service instances share them.
-//! A fixed window per key: after `max` failures within it, further attempts are refused until it
-//! ends, with a RetryInfo saying when. The per-address limit is far above the per-account one: a
+//! A fixed window per key: each attempt is counted before the password is checked (so that
+//! concurrent guesses cannot slip past a check made before any of them failed), a correct password
+//! takes its attempt back; past `max` attempts within the window, further ones are refused until
+//! it ends, with a RetryInfo saying when. The per-address limit is far above the per-account one: a
 //! whole office may sit behind one address, while one account's attacker never locks another
 //! account. A success clears the account's count.
 
@@ -60,20 +62,16 @@ impl LoginThrottle {
         (names, limits)
     }
 
-    /// How long until the attempt may be made, if it is refused now.
-    pub async fn retry_after(&self, keys: &AttemptKeys) -> Result<Option<Duration>, sqlx::Error> {
+    /// Counts this attempt; if that puts a key over its limit, how long until it may try again.
+    pub async fn attempt(&self, keys: &AttemptKeys) -> Result<Option<Duration>, sqlx::Error> {
         let (names, limits) = self.keys_and_limits(keys);
-        let seconds = store::throttle_retry_after(&self.pool, &names, &limits, self.config.window).await?;
+        let seconds = store::throttle_attempt(&self.pool, &names, &limits, self.config.window).await?;
         Ok(seconds.map(|s| Duration::from_secs_f64(s.max(1.0))))
     }
 
-    pub async fn record_failure(&self, keys: &AttemptKeys) -> Result<(), sqlx::Error> {
-        let (names, _) = self.keys_and_limits(keys);
-        store::throttle_record_failure(&self.pool, &names, self.config.window).await
-    }
-
-    pub async fn record_success(&self, keys: &AttemptKeys) -> Result<(), sqlx::Error> {
-        store::throttle_clear(&self.pool, &keys.account).await
+    /// The password was right: the account's count is cleared and the address's attempt undone.
+    pub async fn succeeded(&self, keys: &AttemptKeys) -> Result<(), sqlx::Error> {
+        store::throttle_forgive(&self.pool, &keys.account, keys.address.as_deref()).await
     }
 
     /// Deletes ended windows every minute, so that attempts on made-up accounts do not pile up.

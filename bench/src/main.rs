@@ -20,6 +20,9 @@ use todo_proto::task::v1::*;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
+/// (owner, task id) of the tasks one mixed-scenario worker created, for it to delete later.
+type CreatedTasks = std::sync::Mutex<Vec<(i64, i64)>>;
+
 /// Calls in flight, as in the targets ("p99 under 10 ms at 32 in flight").
 const CONCURRENCY: usize = 32;
 /// HTTP/2 connections the callers share.
@@ -168,7 +171,8 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
     let list = load::run(CONCURRENCY, timing, move |w, i| {
         let (c, user) = (c.clone(), pick(w, i, USERS));
         async move {
-            let page = c.task(w).list_tasks(c.request(user, ListTasksRequest { page_size: 50, ..Default::default() })).await;
+            let page =
+                c.task(w).list_tasks(c.request(user, ListTasksRequest { page_size: 50, ..Default::default() })).await;
             match page {
                 Ok(r) if r.get_ref().tasks.len() == 50 => Ok(()),
                 Ok(r) => Err(format!("expected 50 tasks, got {}", r.get_ref().tasks.len())),
@@ -213,7 +217,7 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
 
     // mixed: 70% list, 15% create, 10% update, 5% delete (of a task the same worker created).
     let c = clients.clone();
-    let created: Arc<Vec<std::sync::Mutex<Vec<(i64, i64)>>>> =
+    let created: Arc<Vec<CreatedTasks>> =
         Arc::new((0..CONCURRENCY).map(|_| std::sync::Mutex::new(Vec::new())).collect());
     let mixed = load::run(CONCURRENCY, timing, move |w, i| {
         let (c, created, user) = (c.clone(), created.clone(), pick(w, i, USERS));
@@ -221,7 +225,10 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
             let roll = (i.wrapping_mul(7919) + w as u64) % 100;
             let mut tasks = c.task(w);
             if roll < 70 {
-                tasks.list_tasks(c.request(user, ListTasksRequest { page_size: 50, ..Default::default() })).await.map(|_| ())
+                tasks
+                    .list_tasks(c.request(user, ListTasksRequest { page_size: 50, ..Default::default() }))
+                    .await
+                    .map(|_| ())
             } else if roll < 85 {
                 let request = CreateTaskRequest { title: "mixed".into(), ..Default::default() };
                 let task = tasks.create_task(c.request(user, request)).await.map_err(status_text)?.into_inner().task;
@@ -234,7 +241,10 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
             } else {
                 let victim = created[w].lock().expect("no panics while held").pop();
                 match victim {
-                    Some((owner, id)) => tasks.delete_task(c.request(owner, DeleteTaskRequest { id, etag: String::new() })).await.map(|_| ()),
+                    Some((owner, id)) => tasks
+                        .delete_task(c.request(owner, DeleteTaskRequest { id, etag: String::new() }))
+                        .await
+                        .map(|_| ()),
                     None => tasks.list_tasks(c.request(user, ListTasksRequest::default())).await.map(|_| ()),
                 }
             }
@@ -242,7 +252,16 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
         }
     })
     .await;
-    println!("{}", line("mixed", CONCURRENCY, &mixed, json!({"fastapi_peer_rps": 1000, "x_fastapi": (mixed.rps() / 1000.0 * 10.0).round() / 10.0}), &services));
+    println!(
+        "{}",
+        line(
+            "mixed",
+            CONCURRENCY,
+            &mixed,
+            json!({"fastapi_peer_rps": 1000, "x_fastapi": (mixed.rps() / 1000.0 * 10.0).round() / 10.0}),
+            &services
+        )
+    );
 
     // validate: ValidateToken at auth-service (signature, then the session in the database).
     let c = clients.clone();
@@ -307,7 +326,11 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
     let deep_bearer: MetadataValue<_> = format!("Bearer {deep_token}").parse()?;
     let mut page_token = String::new();
     for _ in 1..200 {
-        let mut request = tonic::Request::new(ListTasksRequest { page_size: 100, page_token: page_token.clone(), ..Default::default() });
+        let mut request = tonic::Request::new(ListTasksRequest {
+            page_size: 100,
+            page_token: page_token.clone(),
+            ..Default::default()
+        });
         request.metadata_mut().insert("authorization", deep_bearer.clone());
         page_token = task_client.list_tasks(request).await?.into_inner().next_page_token;
     }
@@ -317,7 +340,8 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
         let result = load::run(CONCURRENCY, timing, move |w, _| {
             let (c, bearer, token) = (c.clone(), bearer.clone(), token.clone());
             async move {
-                let mut request = tonic::Request::new(ListTasksRequest { page_size: 100, page_token: token, ..Default::default() });
+                let mut request =
+                    tonic::Request::new(ListTasksRequest { page_size: 100, page_token: token, ..Default::default() });
                 request.metadata_mut().insert("authorization", bearer);
                 match c.task(w).list_tasks(request).await {
                     Ok(r) if r.get_ref().tasks.len() == 100 => Ok(()),
@@ -353,14 +377,24 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
     let scale = load::run(CONCURRENCY, timing, move |w, i| {
         let (c, user) = (c.clone(), pick(w, i, USERS));
         async move {
-            c.task(w).list_tasks(c.request(user, ListTasksRequest { page_size: 50, ..Default::default() })).await.map(|_| ()).map_err(status_text)
+            c.task(w)
+                .list_tasks(c.request(user, ListTasksRequest { page_size: 50, ..Default::default() }))
+                .await
+                .map(|_| ())
+                .map_err(status_text)
         }
     })
     .await;
     let vs_small = scale.percentile_ms(0.99) / list.percentile_ms(0.99);
     println!(
         "{}",
-        line("scale", CONCURRENCY, &scale, json!({"users": 100_000, "tasks": total, "p99_vs_small": (vs_small * 100.0).round() / 100.0}), &services)
+        line(
+            "scale",
+            CONCURRENCY,
+            &scale,
+            json!({"users": 100_000, "tasks": total, "p99_vs_small": (vs_small * 100.0).round() / 100.0}),
+            &services
+        )
     );
 
     drop(clients);

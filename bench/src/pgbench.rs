@@ -6,7 +6,8 @@ use anyhow::{Context, bail};
 use localpg::PgBinaries;
 use std::process::Command;
 
-const COLUMNS: &str = "id, user_id, title, description, completed, created_at, updated_at, xmin::text::bigint AS version";
+const COLUMNS: &str =
+    "id, user_id, title, description, completed, created_at, updated_at, xmin::text::bigint AS version";
 
 /// The script of a scenario, if pgbench has an equivalent.
 pub fn script(scenario: &str, users: i64) -> Option<String> {
@@ -14,9 +15,13 @@ pub fn script(scenario: &str, users: i64) -> Option<String> {
     let pick = format!("\\set n random(1, {users})\n\\set t random(1, {TASKS_PER_USER})\n");
     let id = format!("(:n - 1) * {TASKS_PER_USER} + :t");
     let sql = match scenario {
-        "list" => format!("SELECT {COLUMNS} FROM tasks WHERE user_id = {user} ORDER BY created_at DESC, id DESC LIMIT 51;"),
+        "list" => {
+            format!("SELECT {COLUMNS} FROM tasks WHERE user_id = {user} ORDER BY created_at DESC, id DESC LIMIT 51;")
+        }
         "get" => format!("SELECT {COLUMNS} FROM tasks WHERE id = {id} AND user_id = {user};"),
-        "create" => format!("INSERT INTO tasks (user_id, title, description) VALUES ({user}, 'bench task', NULL) RETURNING {COLUMNS};"),
+        "create" => format!(
+            "INSERT INTO tasks (user_id, title, description) VALUES ({user}, 'bench task', NULL) RETURNING {COLUMNS};"
+        ),
         "update" => format!(
             "UPDATE tasks SET title = COALESCE(NULL, title), description = CASE WHEN false THEN NULL ELSE description END, \
              completed = COALESCE((:t % 2 = 0), completed) \

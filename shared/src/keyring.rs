@@ -55,15 +55,13 @@ impl ActiveKey {
 
 struct Loaded {
     keys: Arc<HashMap<String, ActiveKey>>,
-    /// When the query that loaded these keys began: a reload that began after a caller's miss
-    /// has seen every key registered before that caller's token was issued.
+    /// When the query that loaded these keys began.
     at: Option<Instant>,
 }
 
 struct Snapshot {
     key: Option<DecodingKey>,
     age: Option<Duration>,
-    loaded_at: Option<Instant>,
 }
 
 /// A cache of the verifying keys by `kid`.
@@ -71,6 +69,13 @@ pub struct KeyRing {
     pool: PgPool,
     loaded: RwLock<Loaded>,
     reload_lock: tokio::sync::Mutex<()>,
+    last_attempt: RwLock<Option<Attempt>>,
+}
+
+#[derive(Clone, Copy)]
+struct Attempt {
+    started: Instant,
+    succeeded: bool,
 }
 
 /// Why no key could be found for a `kid`.
@@ -86,6 +91,7 @@ impl KeyRing {
             pool,
             loaded: RwLock::new(Loaded { keys: Arc::new(HashMap::new()), at: None }),
             reload_lock: tokio::sync::Mutex::new(()),
+            last_attempt: RwLock::new(None),
         }
     }
 
@@ -102,29 +108,33 @@ impl KeyRing {
             return Ok(key.clone());
         }
         let _guard = self.reload_lock.lock().await;
-        let now = self.snapshot(kid);
-        if now.loaded_at.is_none_or(|at| at < asked) {
-            if let Some(age) = now.age
-                && age < MISS_RELOAD_INTERVAL
-            {
-                tokio::time::sleep(MISS_RELOAD_INTERVAL - age).await;
+        let last = *self.last_attempt.read().expect("key ring lock is never poisoned: no panics inside");
+        match last {
+            // A reload began after we were asked: its outcome is ours too. While the database is
+            // away, waiters thus share one failed attempt instead of queueing one each.
+            Some(attempt) if attempt.started >= asked && attempt.succeeded => {}
+            Some(attempt) if attempt.started >= asked => {
+                // sqlx's own "gave up waiting for a connection": reported as UNAVAILABLE.
+                return seen.key.ok_or(KeyLookupError::Database(sqlx::Error::PoolTimedOut));
             }
-            if let Err(e) = self.reload().await {
-                // A known key stays usable while the database is away; an unknown one cannot be.
-                return seen.key.ok_or(KeyLookupError::Database(e));
+            _ => {
+                if let Some(attempt) = last
+                    && attempt.started.elapsed() < MISS_RELOAD_INTERVAL
+                {
+                    tokio::time::sleep(MISS_RELOAD_INTERVAL - attempt.started.elapsed()).await;
+                }
+                if let Err(e) = self.reload().await {
+                    // A known key stays usable while the database is away; an unknown one cannot be.
+                    return seen.key.ok_or(KeyLookupError::Database(e));
+                }
             }
         }
-        // Either we reloaded, or a reload began after we were asked: its answer is final.
         self.snapshot(kid).key.ok_or(KeyLookupError::UnknownKid)
     }
 
     fn snapshot(&self, kid: &str) -> Snapshot {
         let loaded = self.loaded.read().expect("key ring lock is never poisoned: no panics inside");
-        Snapshot {
-            key: loaded.keys.get(kid).and_then(ActiveKey::usable),
-            age: loaded.at.map(|at| at.elapsed()),
-            loaded_at: loaded.at,
-        }
+        Snapshot { key: loaded.keys.get(kid).and_then(ActiveKey::usable), age: loaded.at.map(|at| at.elapsed()) }
     }
 
     /// Whether `kid` verifies now according to a fresh enough load, without touching the
@@ -137,7 +147,10 @@ impl KeyRing {
     /// Loads every active key now.
     pub async fn reload(&self) -> Result<(), sqlx::Error> {
         let started = Instant::now();
-        let rows = active_keys(&self.pool).await?;
+        let rows = active_keys(&self.pool).await;
+        *self.last_attempt.write().expect("key ring lock is never poisoned: no panics inside") =
+            Some(Attempt { started, succeeded: rows.is_ok() });
+        let rows = rows?;
         let keys = rows
             .into_iter()
             .filter(|row| row.public_key.len() == 32)

@@ -6,8 +6,11 @@
 //! kept for `window`, which must be at least the longest access-token lifetime: after that every
 //! token of the session has expired anyway.
 //!
-//! Fail safe: while the listener is disconnected the list may be stale, so each check asks the
-//! database instead (and refuses when it cannot); on reconnect the list is loaded again.
+//! Fail safe: the list is trusted only while the listener demonstrably hears notifications: every
+//! second a heartbeat is NOTIFYed through the pool, as any revocation is, and if none has been
+//! heard for three seconds (a dropped or half-open connection, a pooler in transaction mode that
+//! never delivers notifications) each check asks the database instead (refusing when it cannot),
+//! and the listener reconnects and loads the list again.
 
 use crate::keyring::KeyRing;
 use crate::token::TokenError;
@@ -21,6 +24,10 @@ use uuid::Uuid;
 
 const SESSION_REVOKED: &str = "session_revoked";
 const SIGNING_KEYS_CHANGED: &str = "signing_keys_changed";
+const HEARTBEAT: &str = "revocation_heartbeat";
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// With nothing heard for this long, the list is not trusted and the connection is replaced.
+const HEARTBEAT_STALE: Duration = Duration::from_secs(3);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct Revocations {
@@ -30,16 +37,32 @@ pub struct Revocations {
     revoked: RwLock<HashMap<Uuid, Instant>>,
     /// True only while LISTEN is active and the list is complete.
     live: AtomicBool,
+    /// When the listener last heard any notification (heartbeats included).
+    last_heard: RwLock<Instant>,
 }
 
 impl Revocations {
     pub fn new(pool: PgPool, window: Duration) -> Arc<Self> {
-        Arc::new(Self { pool, window, revoked: RwLock::new(HashMap::new()), live: AtomicBool::new(false) })
+        Arc::new(Self {
+            pool,
+            window,
+            revoked: RwLock::new(HashMap::new()),
+            live: AtomicBool::new(false),
+            last_heard: RwLock::new(Instant::now()),
+        })
     }
 
     /// Whether the in-memory list is being kept current (for tests and health).
     pub fn is_live(&self) -> bool {
-        self.live.load(Ordering::Acquire)
+        self.live.load(Ordering::Acquire) && self.heard_within() < HEARTBEAT_STALE
+    }
+
+    fn heard_within(&self) -> Duration {
+        self.last_heard.read().expect("revocation lock is never poisoned: no panics inside").elapsed()
+    }
+
+    fn heard(&self) {
+        *self.last_heard.write().expect("revocation lock is never poisoned: no panics inside") = Instant::now();
     }
 
     /// Refuses a revoked (or deleted) session.
@@ -61,11 +84,17 @@ impl Revocations {
     /// Keeps the list (and `keys`) current until the task is aborted, reconnecting with backoff.
     pub fn spawn_listener(self: &Arc<Self>, keys: Arc<KeyRing>) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
+        // Its own one-connection pool: the listener holds its connection for good, which must
+        // not starve the calls of the main pool.
+        let listener_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy_with((*self.pool.connect_options()).clone());
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
                 let started = Instant::now();
-                let result = this.listen(&keys).await;
+                let result = this.listen(&listener_pool, &keys).await;
                 this.live.store(false, Ordering::Release);
                 match result {
                     Ok(()) => {
@@ -84,18 +113,44 @@ impl Revocations {
         })
     }
 
-    /// One connection's life: LISTEN, load, then apply notifications until it drops.
-    async fn listen(&self, keys: &KeyRing) -> Result<(), sqlx::Error> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen_all([SESSION_REVOKED, SIGNING_KEYS_CHANGED]).await?;
+    /// One connection's life: LISTEN, load, then apply notifications until it drops or goes
+    /// quiet for longer than the heartbeat allows.
+    async fn listen(&self, listener_pool: &PgPool, keys: &KeyRing) -> Result<(), sqlx::Error> {
+        let mut listener = PgListener::connect_with(listener_pool).await?;
+        listener.listen_all([SESSION_REVOKED, SIGNING_KEYS_CHANGED, HEARTBEAT]).await?;
         self.load().await?;
         keys.reload().await?;
+        self.heard();
         self.live.store(true, Ordering::Release);
         tracing::info!("revocation listener live");
+        let pool = self.pool.clone();
+        let heartbeat = tokio::spawn(async move {
+            let mut every = tokio::time::interval(HEARTBEAT_EVERY);
+            loop {
+                every.tick().await;
+                // Through the main pool, the way revocations travel.
+                if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(HEARTBEAT).execute(&pool).await {
+                    tracing::debug!(error = %e, "could not send a revocation heartbeat");
+                }
+            }
+        });
+        let outcome = self.receive(&mut listener, keys).await;
+        heartbeat.abort();
+        outcome
+    }
+
+    async fn receive(&self, listener: &mut PgListener, keys: &KeyRing) -> Result<(), sqlx::Error> {
         let mut last_prune = Instant::now();
-        // try_recv returns None when the connection is lost; notifications in between are lost,
-        // which is why the caller reloads everything on the next connection.
-        while let Some(notification) = listener.try_recv().await? {
+        loop {
+            // try_recv gives None when the connection is lost; notifications in between are lost,
+            // which is why the next connection reloads everything. A timeout means silence: the
+            // connection is replaced rather than trusted.
+            let Ok(received) = tokio::time::timeout(HEARTBEAT_STALE, listener.try_recv()).await else {
+                tracing::warn!("no notification heard for {HEARTBEAT_STALE:?}, heartbeats included");
+                return Ok(());
+            };
+            let Some(notification) = received? else { return Ok(()) };
+            self.heard();
             match notification.channel() {
                 SESSION_REVOKED => match notification.payload().parse::<Uuid>() {
                     Ok(id) => self.insert(id),
@@ -113,7 +168,6 @@ impl Revocations {
                 last_prune = Instant::now();
             }
         }
-        Ok(())
     }
 
     async fn load(&self) -> Result<(), sqlx::Error> {

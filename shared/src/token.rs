@@ -33,9 +33,9 @@ pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 pub enum TokenError {
     #[error("missing access token: send metadata `authorization: Bearer <access token>`")]
     Missing,
-    #[error("invalid access token")]
+    #[error("invalid token")]
     Invalid,
-    #[error("access token expired")]
+    #[error("token expired")]
     Expired,
     #[error("session revoked")]
     Revoked,

@@ -76,6 +76,12 @@ pub fn decode(key: &QueryKey, token: &str) -> Result<Cursor, PageTokenError> {
     }
     let micros = i64::from_be_bytes(bytes[9..17].try_into().expect("slice of 8"));
     let id = i32::from_be_bytes(bytes[17..21].try_into().expect("slice of 4"));
+    // Only times PostgreSQL can compare with (and any real row has): years 1 to 9999.
+    const YEAR_1: i64 = -62_135_596_800_000_000;
+    const YEAR_10000: i64 = 253_402_300_800_000_000;
+    if !(YEAR_1..YEAR_10000).contains(&micros) {
+        return Err(PageTokenError::Malformed);
+    }
     let time = DateTime::from_timestamp_micros(micros).ok_or(PageTokenError::Malformed)?;
     Ok(Cursor { time, id })
 }

@@ -96,18 +96,22 @@ impl TaskApi {
         let title = req.title.map(Title::parse).transpose();
         let description = req.description.map(Description::parse).transpose();
         let etag = Etag::parse(&req.etag);
-        let nothing_to_do = (title.as_ref().is_ok_and(Option::is_none)
+        // Nothing to update: each of the three optional fields is named.
+        let nothing_to_do = title.as_ref().is_ok_and(Option::is_none)
             && description.as_ref().is_ok_and(Option::is_none)
-            && req.completed.is_none())
-        .then(|| {
-            FieldViolation::new("title", "no field to update: give at least one of title, description, completed")
-        });
+            && req.completed.is_none();
+        let absent = |field| {
+            nothing_to_do.then(|| FieldViolation::new(field, "give at least one of title, description, completed"))
+        };
+        let (no_title, no_description, no_completed) = (absent("title"), absent("description"), absent("completed"));
         all_valid([
             id.as_ref().err(),
             title.as_ref().err(),
             description.as_ref().err(),
             etag.as_ref().err(),
-            nothing_to_do.as_ref(),
+            no_title.as_ref(),
+            no_description.as_ref(),
+            no_completed.as_ref(),
         ])?;
         let TaskId::Valid(id) = id? else {
             return Err(TaskError::NotFound);

@@ -114,3 +114,18 @@ async fn logout_revokes_the_session_and_is_idempotent() {
         app.auth.clone().get_current_user(authed(GetCurrentUserRequest {}, &tokens.access_token)).await.unwrap_err();
     assert_error(&err, Code::Unauthenticated, "SESSION_REVOKED");
 }
+
+#[tokio::test]
+async fn the_grace_window_yields_only_a_few_extra_pairs() {
+    let app = TestApp::spawn().await;
+    let (_, tokens) = app.sign_up("leo@example.com").await;
+    let mut auth = app.auth.clone();
+    let request = || RefreshTokenRequest { refresh_token: tokens.refresh_token.clone() };
+    // The first exchange and two more within the window (three tabs) succeed...
+    for _ in 0..3 {
+        auth.refresh_token(request()).await.unwrap();
+    }
+    // ...a fourth is treated as reuse.
+    let err = auth.refresh_token(request()).await.unwrap_err();
+    assert_error(&err, Code::Unauthenticated, "REFRESH_TOKEN_REUSED");
+}

@@ -165,3 +165,30 @@ async fn a_hash_of_another_cost_is_upgraded_at_login() {
     }
     login(&mut client(&new).await, "upgrade@example.com", PASSWORD).await.unwrap();
 }
+
+#[tokio::test]
+async fn concurrent_guesses_cannot_slip_past_the_limit() {
+    let db = TestDatabase::new().await;
+    let mut config = auth_config(&db);
+    config.throttle.max_failures_per_account = 3;
+    let server = spawn_auth(config).await;
+    let mut auth = client(&server).await;
+    sign_up(&mut auth, "target@example.com").await;
+    let mut guesses = Vec::new();
+    for i in 0..20 {
+        let mut c = auth.clone();
+        guesses.push(tokio::spawn(async move {
+            login(&mut c, "target@example.com", &format!("guess {i}")).await.unwrap_err()
+        }));
+    }
+    let mut checked = 0;
+    for guess in guesses {
+        let err = guess.await.unwrap();
+        match testkit::reason(&err).as_str() {
+            "INVALID_CREDENTIALS" => checked += 1,
+            "TOO_MANY_ATTEMPTS" => {}
+            other => panic!("unexpected {other}: {err:?}"),
+        }
+    }
+    assert_eq!(checked, 3, "exactly the limit's worth of passwords were checked");
+}

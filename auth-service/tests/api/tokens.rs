@@ -95,3 +95,33 @@ async fn a_restarted_instance_signs_with_a_new_key_and_old_tokens_still_verify()
             .unwrap();
     assert_eq!(retired, 1, "the development key of the stopped instance retires after one access lifetime");
 }
+
+#[tokio::test]
+async fn an_instance_with_a_retired_key_refuses_to_start() {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use std::os::unix::fs::PermissionsExt;
+    let db = testkit::test_database::TestDatabase::new().await;
+    let dir = std::env::temp_dir().join(format!("todo-key-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("key.pem");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    std::fs::write(&path, key.to_pkcs8_pem(Default::default()).unwrap().as_bytes()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut config = testkit::auth_config(&db);
+    config.signing_key_file = Some(path);
+
+    let first = testkit::spawn_auth(config.clone()).await;
+    let kid = auth_service::signing_key::thumbprint(&key.verifying_key().to_bytes());
+    first.stop().await.unwrap();
+    assert!(auth_service::signing_key::retire(&db.pool, &kid, std::time::Duration::ZERO).await.unwrap());
+    let again = testkit::spawn_auth(config).await;
+    let err = again.stop().await.unwrap_err();
+    assert!(format!("{err:#}").contains("was retired"), "{err:#}");
+    let retired: bool = sqlx::query_scalar("SELECT retired_at IS NOT NULL FROM signing_keys WHERE kid = $1")
+        .bind(&kid)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(retired, "still retired");
+    std::fs::remove_dir_all(dir).unwrap();
+}

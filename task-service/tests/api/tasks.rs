@@ -214,7 +214,7 @@ async fn update_validation() {
     let alice = user(&app, "alice@example.com").await;
     let task = create(&app, &alice, titled("t")).await.unwrap();
     let cases = [
-        (UpdateTaskRequest { id: task.id, ..Default::default() }, vec!["title"]),
+        (UpdateTaskRequest { id: task.id, ..Default::default() }, vec!["title", "description", "completed"]),
         (UpdateTaskRequest { id: 0, completed: Some(true), ..Default::default() }, vec!["id"]),
         (UpdateTaskRequest { id: task.id, title: Some(String::new()), ..Default::default() }, vec!["title"]),
         (

@@ -9,8 +9,18 @@ pub struct PgBinaries {
 }
 
 impl PgBinaries {
+    /// A program of the same installation: from `dir`, or else from the folder the real
+    /// `initdb` lives in (PATH may hold only symlinks to some of them, as /usr/local/bin here).
     pub fn program(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        let direct = self.dir.join(name);
+        if direct.is_file() {
+            return direct;
+        }
+        std::fs::canonicalize(self.dir.join("initdb"))
+            .ok()
+            .and_then(|initdb| initdb.parent().map(|dir| dir.join(name)))
+            .filter(|p| p.is_file())
+            .unwrap_or(direct)
     }
 }
 
