@@ -13,7 +13,7 @@ const COLUMNS: &str =
 pub fn script(scenario: &str, users: i64) -> Option<String> {
     let user = user_id_sql(":n");
     let pick = format!("\\set n random(1, {users})\n\\set t random(1, {TASKS_PER_USER})\n");
-    let id = format!("(:n - 1) * {TASKS_PER_USER} + :t");
+    let id = format!("(CAST(:n AS bigint) - 1) * {TASKS_PER_USER} + CAST(:t AS bigint)");
     let sql = match scenario {
         "list" => {
             format!("SELECT {COLUMNS} FROM tasks WHERE user_id = {user} ORDER BY created_at DESC, id DESC LIMIT 51;")
@@ -24,7 +24,7 @@ pub fn script(scenario: &str, users: i64) -> Option<String> {
         ),
         "update" => format!(
             "UPDATE tasks SET title = COALESCE(NULL, title), description = CASE WHEN false THEN NULL ELSE description END, \
-             completed = COALESCE((:t % 2 = 0), completed) \
+             completed = COALESCE((CAST(:t AS bigint) % 2 = 0), completed) \
              WHERE id = {id} AND user_id = {user} AND (NULL::bigint IS NULL OR xmin::text::bigint = NULL) RETURNING {COLUMNS};"
         ),
         _ => return None,

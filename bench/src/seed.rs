@@ -14,7 +14,7 @@ pub const PASSWORD: &str = "bench password";
 
 /// The id of user n, in SQL, for pgbench scripts and seeding.
 pub fn user_id_sql(n: &str) -> String {
-    format!("('00000000-0000-4000-8000-' || lpad(to_hex({n}), 12, '0'))::uuid")
+    format!("('00000000-0000-4000-8000-' || lpad(to_hex(CAST({n} AS bigint)), 12, '0'))::uuid")
 }
 
 pub fn email(n: i64) -> String {

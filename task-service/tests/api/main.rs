@@ -3,6 +3,7 @@
 
 mod attacks;
 mod list;
+mod plans;
 mod revocation;
 mod startup;
 mod tasks;
