@@ -18,7 +18,12 @@ pub struct LoadResult {
     /// Latencies of the measured calls, in microseconds, sorted.
     pub latencies_us: Vec<u32>,
     pub first_error: Option<String>,
+    /// CPU seconds by process group at the start and the end of the measured period.
+    pub cpu: (CpuSnapshot, CpuSnapshot),
 }
+
+pub type CpuSnapshot = std::collections::BTreeMap<&'static str, f64>;
+pub type CpuProbe = Arc<dyn Fn() -> CpuSnapshot + Send + Sync>;
 
 impl LoadResult {
     pub fn rps(&self) -> f64 {
@@ -36,7 +41,7 @@ impl LoadResult {
 
 /// Runs `call(worker, iteration)` from `concurrency` workers. A call returns Err with a short
 /// description on any failure.
-pub async fn run<F, Fut>(concurrency: usize, timing: Timing, call: F) -> LoadResult
+pub async fn run<F, Fut>(concurrency: usize, timing: Timing, probe: CpuProbe, call: F) -> LoadResult
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
@@ -73,7 +78,26 @@ where
             (latencies, errors, first_error)
         }));
     }
-    let mut result = LoadResult { requests: 0, errors: 0, seconds: 0.0, latencies_us: Vec::new(), first_error: None };
+    let probe_start = probe.clone();
+    let cpu_start = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        probe_start()
+    });
+    let cpu_end = {
+        let probe = probe.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(end.into()).await;
+            probe()
+        })
+    };
+    let mut result = LoadResult {
+        requests: 0,
+        errors: 0,
+        seconds: 0.0,
+        latencies_us: Vec::new(),
+        first_error: None,
+        cpu: Default::default(),
+    };
     for worker in workers {
         let (latencies, errors, first_error) = worker.await.expect("load workers do not panic");
         result.latencies_us.extend(latencies);
@@ -82,6 +106,7 @@ where
             result.first_error = first_error;
         }
     }
+    result.cpu = (cpu_start.await.expect("the probe does not panic"), cpu_end.await.expect("the probe does not panic"));
     result.seconds = (Instant::now().min(end + Duration::from_secs(60)) - measure_from).as_secs_f64();
     result.requests = result.latencies_us.len() as u64 + result.errors;
     result.latencies_us.sort_unstable();

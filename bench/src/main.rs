@@ -4,6 +4,7 @@
 //! Everything is its own: a private PostgreSQL, both services built in release mode and run as
 //! separate processes, data seeded by SQL. See docs/BENCHMARKS.md for what the figures mean.
 
+mod cpu;
 mod load;
 mod pgbench;
 mod seed;
@@ -98,6 +99,7 @@ fn line(scenario: &str, concurrency: usize, result: &LoadResult, extra: Value, s
         "p50_ms": result.percentile_ms(0.50),
         "p99_ms": result.percentile_ms(0.99),
         "rss_mb": rss,
+        "cpu_ms_per_request": cpu::per_request(&result.cpu.0, &result.cpu.1, result.requests),
     });
     if let Some(e) = &result.first_error {
         out["first_error"] = json!(e);
@@ -127,6 +129,8 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
     let (auth_service, auth_startup) = stack::spawn_service(&bin_dir, "auth-service", "AUTH_ADDR", &env).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let services = [&auth_service, &task_service];
+    let pids = [("auth-service", auth_service.pid()), ("task-service", task_service.pid())];
+    let probe: load::CpuProbe = Arc::new(move || cpu::snapshot(&pids));
     println!(
         "{}",
         json!({
@@ -168,7 +172,7 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
 
     // list, get, create, update: each against pgbench on the same statement.
     let c = clients.clone();
-    let list = load::run(CONCURRENCY, timing, move |w, i| {
+    let list = load::run(CONCURRENCY, timing, probe.clone(), move |w, i| {
         let (c, user) = (c.clone(), pick(w, i, USERS));
         async move {
             let page =
@@ -184,7 +188,7 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
     println!("{}", line("list", CONCURRENCY, &list, compare("list", &list)?, &services));
 
     let c = clients.clone();
-    let get = load::run(CONCURRENCY, timing, move |w, i| {
+    let get = load::run(CONCURRENCY, timing, probe.clone(), move |w, i| {
         let (c, user) = (c.clone(), pick(w, i, USERS));
         let id = (user - 1) * seed::TASKS_PER_USER + (i as i64 % seed::TASKS_PER_USER) + 1;
         async move { c.task(w).get_task(c.request(user, GetTaskRequest { id })).await.map(|_| ()).map_err(status_text) }
@@ -193,7 +197,7 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
     println!("{}", line("get", CONCURRENCY, &get, compare("get", &get)?, &services));
 
     let c = clients.clone();
-    let create = load::run(CONCURRENCY, timing, move |w, i| {
+    let create = load::run(CONCURRENCY, timing, probe.clone(), move |w, i| {
         let (c, user) = (c.clone(), pick(w, i, USERS));
         async move {
             let request = CreateTaskRequest { title: "bench task".into(), ..Default::default() };
@@ -204,7 +208,7 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
     println!("{}", line("create", CONCURRENCY, &create, compare("create", &create)?, &services));
 
     let c = clients.clone();
-    let update = load::run(CONCURRENCY, timing, move |w, i| {
+    let update = load::run(CONCURRENCY, timing, probe.clone(), move |w, i| {
         let (c, user) = (c.clone(), pick(w, i, USERS));
         let id = (user - 1) * seed::TASKS_PER_USER + (i as i64 % seed::TASKS_PER_USER) + 1;
         async move {
@@ -219,7 +223,7 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
     let c = clients.clone();
     let created: Arc<Vec<CreatedTasks>> =
         Arc::new((0..CONCURRENCY).map(|_| std::sync::Mutex::new(Vec::new())).collect());
-    let mixed = load::run(CONCURRENCY, timing, move |w, i| {
+    let mixed = load::run(CONCURRENCY, timing, probe.clone(), move |w, i| {
         let (c, created, user) = (c.clone(), created.clone(), pick(w, i, USERS));
         async move {
             let roll = (i.wrapping_mul(7919) + w as u64) % 100;
@@ -265,7 +269,7 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
 
     // validate: ValidateToken at auth-service (signature, then the session in the database).
     let c = clients.clone();
-    let validate = load::run(CONCURRENCY, timing, move |w, i| {
+    let validate = load::run(CONCURRENCY, timing, probe.clone(), move |w, i| {
         let (c, user) = (c.clone(), pick(w, i, USERS));
         async move {
             let request = ValidateTokenRequest { access_token: c.tokens[(user - 1) as usize].clone() };
@@ -278,7 +282,7 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
     // login at the configured cost, and GetCurrentUser latency during that storm.
     let login_concurrency = 8;
     let c = clients.clone();
-    let storm = tokio::spawn(load::run(login_concurrency, timing, move |w, i| {
+    let storm = tokio::spawn(load::run(login_concurrency, timing, probe.clone(), move |w, i| {
         let (c, user) = (c.clone(), pick(w, i, USERS));
         async move {
             let request = LoginRequest { email: seed::email(user), password: seed::PASSWORD.into() };
@@ -286,7 +290,7 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
         }
     }));
     let c = clients.clone();
-    let cheap = load::run(4, timing, move |w, i| {
+    let cheap = load::run(4, timing, probe.clone(), move |w, i| {
         let (c, user) = (c.clone(), pick(w, i, USERS));
         async move {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -337,7 +341,7 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
     let mut pages = Vec::new();
     for token in [String::new(), page_token] {
         let (c, bearer) = (clients.clone(), deep_bearer.clone());
-        let result = load::run(CONCURRENCY, timing, move |w, _| {
+        let result = load::run(CONCURRENCY, timing, probe.clone(), move |w, _| {
             let (c, bearer, token) = (c.clone(), bearer.clone(), token.clone());
             async move {
                 let mut request =
@@ -369,12 +373,13 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
     // scale: 100,000 users and 1,000,000 tasks, then list again for the same users.
     seed::users(&pool, USERS + 1, 100_000, &hash).await?;
     let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks").fetch_one(&pool).await?;
-    let per_user = (1_000_000 - existing).max(0) / (100_000 - USERS);
+    // Rounded up: at least a million tasks in all.
+    let per_user = ((1_000_000 - existing).max(0) + 100_000 - USERS - 1) / (100_000 - USERS);
     seed::tasks(&pool, USERS + 1, 100_000, per_user, 20_000_000).await?;
     seed::analyze(&pool).await?;
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks").fetch_one(&pool).await?;
     let c = clients.clone();
-    let scale = load::run(CONCURRENCY, timing, move |w, i| {
+    let scale = load::run(CONCURRENCY, timing, probe.clone(), move |w, i| {
         let (c, user) = (c.clone(), pick(w, i, USERS));
         async move {
             c.task(w)

@@ -35,9 +35,12 @@ pub async fn users(pool: &PgPool, first: i64, last: i64, hash: &str) -> anyhow::
 /// `per_user` tasks for each of users first..=last, ids starting after `id_base`.
 pub async fn tasks(pool: &PgPool, first: i64, last: i64, per_user: i64, id_base: i64) -> anyhow::Result<()> {
     let sql = format!(
-        "INSERT INTO tasks (id, user_id, title, completed)
-         SELECT $4 + (g - $1) * $3 + t, {}, 'task ' || t, t % 3 = 0
-         FROM generate_series($1::bigint, $2::bigint) g CROSS JOIN generate_series(1::bigint, $3::bigint) t",
+        "INSERT INTO tasks (id, user_id, title, completed, created_at, updated_at)
+         SELECT $4 + (g - $1) * $3 + t, {}, 'task ' || t, t % 3 = 0, at, at
+         FROM generate_series($1::bigint, $2::bigint) g CROSS JOIN generate_series(1::bigint, $3::bigint) t
+         -- Distinct times, one task a minute per user, as a real history has (equal times would
+         -- make every ORDER BY fall back to the id).
+         CROSS JOIN LATERAL (SELECT now() - t * interval '1 minute' - g * interval '1 millisecond' AS at) times",
         user_id_sql("g")
     );
     sqlx::query(sqlx::AssertSqlSafe(sql)).bind(first).bind(last).bind(per_user).bind(id_base).execute(pool).await?;
