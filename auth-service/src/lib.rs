@@ -33,10 +33,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(db = ?config.db, "starting auth-service");
-    let pool = todo_shared::db::pool(&config.db)?;
-    if config.db.run_migrations {
-        todo_shared::db::migrate(&pool).await.context("applying migrations")?;
-    }
+    let pool = todo_shared::db::prepare(&config.db).await?;
     let key = match &config.signing_key_file {
         Some(path) => signing_key::TokenSigningKey::from_file(path)?,
         None => {
@@ -52,10 +49,7 @@ pub async fn serve(
 
     let ephemeral = key.ephemeral;
     let issuer = Arc::new(tokens::TokenIssuer::new(key, config.token.clone(), config.access_token_ttl));
-    let keyring = Arc::new(KeyRing::new(pool.clone()));
-    if let Err(e) = keyring.reload().await {
-        tracing::warn!(error = %e, "could not load verification keys yet");
-    }
+    let keyring = KeyRing::load(pool.clone()).await;
     let api = service::AuthApi {
         pool: pool.clone(),
         hasher: passwords::PasswordHasher::new(config.bcrypt_cost).await?,

@@ -29,6 +29,16 @@ pub fn pool(config: &DbConfig) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(options))
 }
 
+/// The pool a service runs on, with the migrations applied first when RUN_MIGRATIONS says so.
+pub async fn prepare(config: &DbConfig) -> anyhow::Result<PgPool> {
+    let pool = pool(config)?;
+    if config.run_migrations {
+        use anyhow::Context;
+        migrate(&pool).await.context("applying migrations")?;
+    }
+    Ok(pool)
+}
+
 /// Applies pending migrations. sqlx holds a PostgreSQL advisory lock while it migrates, so
 /// several instances starting at once apply each migration exactly once.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {

@@ -95,6 +95,15 @@ impl KeyRing {
         }
     }
 
+    /// A key ring loaded now if the database answers; otherwise it loads on first use.
+    pub async fn load(pool: PgPool) -> Arc<Self> {
+        let keys = Arc::new(Self::new(pool));
+        if let Err(e) = keys.reload().await {
+            tracing::warn!(error = %e, "could not load verification keys yet; will retry on first use");
+        }
+        keys
+    }
+
     /// The key for `kid`. An unknown `kid` (a key registered after the last load) triggers a
     /// reload; concurrent misses share one, and reloads are at least MISS_RELOAD_INTERVAL apart,
     /// waiting out the rest of the interval rather than refusing a key that may be new. Known keys

@@ -12,7 +12,6 @@ pub mod page_token;
 pub mod service;
 pub mod store;
 
-use anyhow::Context;
 use std::future::Future;
 use std::sync::Arc;
 use todo_proto::task::v1::task_service_server::TaskServiceServer;
@@ -35,14 +34,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(db = ?config.db, "starting task-service");
-    let pool = todo_shared::db::pool(&config.db)?;
-    if config.db.run_migrations {
-        todo_shared::db::migrate(&pool).await.context("applying migrations")?;
-    }
-    let keyring = Arc::new(KeyRing::new(pool.clone()));
-    if let Err(e) = keyring.reload().await {
-        tracing::warn!(error = %e, "could not load verification keys yet; will retry on first use");
-    }
+    let pool = todo_shared::db::prepare(&config.db).await?;
+    let keyring = KeyRing::load(pool.clone()).await;
     // Until the listener is live, sessions are checked in the database per call.
     let revocations = Revocations::new(pool.clone(), config.revocation_window);
     let listener_task = revocations.spawn_listener(keyring.clone());
