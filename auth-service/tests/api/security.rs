@@ -91,13 +91,22 @@ async fn a_throttled_answer_takes_as_long_as_a_wrong_password() {
     let server = spawn_auth(config).await;
     let mut auth = client(&server).await;
     sign_up(&mut auth, "slow@example.com").await;
-    let start = Instant::now();
-    login(&mut auth, "slow@example.com", "guess").await.unwrap_err();
-    let wrong = start.elapsed();
-    let start = Instant::now();
-    let err = login(&mut auth, "slow@example.com", "guess").await.unwrap_err();
-    let throttled = start.elapsed();
-    assert_error(&err, Code::ResourceExhausted, "TOO_MANY_ATTEMPTS");
+    // The best of three of each, so that a pause of the machine does not decide the outcome.
+    let mut wrong = Duration::MAX;
+    for _ in 0..3 {
+        sqlx::query("DELETE FROM login_throttle").execute(&db.pool).await.unwrap();
+        let start = Instant::now();
+        let err = login(&mut auth, "slow@example.com", "guess").await.unwrap_err();
+        assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
+        wrong = wrong.min(start.elapsed());
+    }
+    let mut throttled = Duration::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let err = login(&mut auth, "slow@example.com", "guess").await.unwrap_err();
+        assert_error(&err, Code::ResourceExhausted, "TOO_MANY_ATTEMPTS");
+        throttled = throttled.min(start.elapsed());
+    }
     assert!(throttled.as_secs_f64() > wrong.as_secs_f64() * 0.5, "throttled {throttled:?} vs wrong {wrong:?}");
 }
 
@@ -134,7 +143,8 @@ async fn a_login_storm_is_shed_quickly_and_cheap_calls_stay_fast() {
         let (error, took) = handle.await.unwrap();
         if error == Some((Code::ResourceExhausted, "OVERLOADED".to_string())) {
             shed += 1;
-            assert!(took < Duration::from_millis(1500), "refused quickly, not after queueing: {took:?}");
+            // Queueing all 80 at cost 12 would take about 10 s; a refusal comes within the 1 s wait.
+            assert!(took < Duration::from_millis(3000), "refused quickly, not after queueing: {took:?}");
         }
     }
     assert!(shed > 0, "some of 80 concurrent cost-12 logins are shed");
