@@ -124,7 +124,8 @@ impl Revocations {
         self.live.store(true, Ordering::Release);
         tracing::info!("revocation listener live");
         let pool = self.pool.clone();
-        let heartbeat = tokio::spawn(async move {
+        // Aborted when this function ends, however it ends (the listener task may be aborted).
+        let _heartbeat = AbortOnDrop(tokio::spawn(async move {
             let mut every = tokio::time::interval(HEARTBEAT_EVERY);
             loop {
                 every.tick().await;
@@ -133,10 +134,8 @@ impl Revocations {
                     tracing::debug!(error = %e, "could not send a revocation heartbeat");
                 }
             }
-        });
-        let outcome = self.receive(&mut listener, keys).await;
-        heartbeat.abort();
-        outcome
+        }));
+        self.receive(&mut listener, keys).await
     }
 
     async fn receive(&self, listener: &mut PgListener, keys: &KeyRing) -> Result<(), sqlx::Error> {
@@ -193,5 +192,13 @@ impl Revocations {
             .write()
             .expect("revocation lock is never poisoned: no panics inside")
             .retain(|_, forget_at| *forget_at > now);
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

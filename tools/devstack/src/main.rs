@@ -50,8 +50,13 @@ async fn run() -> anyhow::Result<()> {
         }
         None => {
             let binaries = find_binaries().map_err(anyhow::Error::msg)?;
-            let root = workspace_root().join(".data/postgres");
-            println!("Starting a private PostgreSQL from {} (data in .data/postgres)...", binaries.dir.display());
+            // DEVSTACK_DATA_DIR moves the data elsewhere (the devstack test uses a temporary one).
+            let root = ProcessEnv
+                .get("DEVSTACK_DATA_DIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join(".data/postgres"));
+            println!("Starting a private PostgreSQL from {} (data in {})...", binaries.dir.display(), root.display());
             let pg =
                 tokio::task::spawn_blocking(move || PrivatePostgres::start(binaries, &root, Durability::Safe, false))
                     .await?
