@@ -6,6 +6,7 @@
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod housekeeping;
 pub mod passwords;
 pub mod service;
 pub mod signing_key;
@@ -59,7 +60,7 @@ pub async fn serve(
         refresh_reuse_grace: config.refresh_reuse_grace,
         throttle: throttle::LoginThrottle::new(pool.clone(), config.throttle.clone()),
     };
-    let pruner = api.throttle.spawn_pruner();
+    let pruner = housekeeping::spawn(pool.clone(), config.throttle.window);
     let routes = tonic::service::Routes::new(AuthServiceServer::new(api));
     let served = todo_shared::grpc_server::serve(
         listener,

@@ -287,3 +287,22 @@ pub async fn throttle_prune(db: impl PgExecutor<'_>, window: std::time::Duration
         .await?;
     Ok(())
 }
+
+/// Deletes refresh tokens expired for a day, sessions revoked longer ago than `keep_revoked`, and
+/// sessions none of whose refresh tokens is still valid (they can never be refreshed again, and
+/// their last access token expired long before their last refresh token did).
+pub async fn prune_sessions(db: impl PgExecutor<'_>, keep_revoked: std::time::Duration) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH expired AS (
+             DELETE FROM refresh_tokens WHERE expires_at < now() - interval '1 day'
+         )
+         DELETE FROM sessions s
+         WHERE s.revoked_at < now() - make_interval(secs => $1)
+            OR (s.created_at < now() - interval '1 day'
+                AND NOT EXISTS (SELECT 1 FROM refresh_tokens r WHERE r.session_id = s.id AND r.expires_at > now()))",
+    )
+    .bind(keep_revoked.as_secs_f64())
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -73,17 +73,4 @@ impl LoginThrottle {
     pub async fn succeeded(&self, keys: &AttemptKeys) -> Result<(), sqlx::Error> {
         store::throttle_forgive(&self.pool, &keys.account, keys.address.as_deref()).await
     }
-
-    /// Deletes ended windows every minute, so that attempts on made-up accounts do not pile up.
-    pub fn spawn_pruner(&self) -> tokio::task::JoinHandle<()> {
-        let (pool, window) = (self.pool.clone(), self.config.window);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                if let Err(e) = store::throttle_prune(&pool, window).await {
-                    tracing::warn!(error = %e, "could not prune login_throttle");
-                }
-            }
-        })
-    }
 }

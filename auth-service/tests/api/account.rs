@@ -165,3 +165,52 @@ async fn an_expired_refresh_token_is_refused() {
         app.auth.clone().refresh_token(RefreshTokenRequest { refresh_token: tokens.refresh_token }).await.unwrap_err();
     assert_error(&err, Code::Unauthenticated, "TOKEN_EXPIRED");
 }
+
+#[tokio::test]
+async fn housekeeping_deletes_what_no_longer_matters_and_nothing_else() {
+    let app = TestApp::spawn().await;
+    let (live_user, live) = app.sign_up("live@example.com").await;
+    let (revoked_user, _) = app.sign_up("revoked@example.com").await;
+    let (stale_user, _) = app.sign_up("stale@example.com").await;
+    let pool = &app.db.pool;
+    let exec = |sql: &'static str, user: String| async move {
+        sqlx::query(sql).bind(user).execute(pool).await.unwrap();
+    };
+    exec(
+        "UPDATE sessions SET revoked_at = now() - interval '40 days', revoked_reason = 'logout' WHERE user_id = $1::uuid",
+        revoked_user.id.clone(),
+    )
+    .await;
+    exec("UPDATE sessions SET created_at = now() - interval '40 days' WHERE user_id = $1::uuid", stale_user.id.clone())
+        .await;
+    exec(
+        "UPDATE refresh_tokens SET expires_at = now() - interval '2 days'
+         WHERE session_id IN (SELECT id FROM sessions WHERE user_id = $1::uuid)",
+        stale_user.id.clone(),
+    )
+    .await;
+    sqlx::query("INSERT INTO login_throttle (key, window_start, failures) VALUES ('account:x@example.com', now() - interval '1 hour', 3)")
+        .execute(pool)
+        .await
+        .unwrap();
+
+    auth_service::housekeeping::run_once(pool, std::time::Duration::from_secs(900)).await.unwrap();
+
+    let sessions_of = |user: String| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sessions WHERE user_id = $1::uuid")
+            .bind(user)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(sessions_of(live_user.id.clone()).await, 1, "a live session stays");
+    assert_eq!(sessions_of(revoked_user.id).await, 0, "revoked 40 days ago");
+    assert_eq!(sessions_of(stale_user.id).await, 0, "no refresh token valid any more");
+    let tokens: i64 = sqlx::query_scalar("SELECT count(*) FROM refresh_tokens").fetch_one(pool).await.unwrap();
+    assert_eq!(tokens, 1, "only the live session's refresh token is left");
+    let throttle: i64 = sqlx::query_scalar("SELECT count(*) FROM login_throttle").fetch_one(pool).await.unwrap();
+    assert_eq!(throttle, 0);
+    // The live session still works end to end.
+    app.auth.clone().get_current_user(authed(GetCurrentUserRequest {}, &live.access_token)).await.unwrap();
+    app.auth.clone().refresh_token(RefreshTokenRequest { refresh_token: live.refresh_token }).await.unwrap();
+}
