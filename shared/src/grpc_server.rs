@@ -1,6 +1,7 @@
 //! Assembling and running a service's gRPC server: the service's routes plus standard health,
 //! reflection v1 and v1alpha, and a graceful shutdown that turns health NOT_SERVING first.
 
+use crate::in_flight::{CountInFlightLayer, InFlight};
 use sqlx::PgPool;
 use std::future::Future;
 use std::time::Duration;
@@ -52,7 +53,9 @@ pub async fn serve(
     };
 
     tracing::info!(addr = %listener.local_addr()?, "serving");
+    let in_flight = InFlight::default();
     let server = Server::builder()
+        .layer(CountInFlightLayer(in_flight.clone()))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_routes(routes)
@@ -63,17 +66,23 @@ pub async fn serve(
             TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60))),
             shutdown,
         );
-    let drain_over = async move {
+    // The server returns by itself once every client has closed its connection; clients that
+    // keep an idle connection open would hold it until the drain time, so the stop also ends as
+    // soon as no call is being answered.
+    let drained = async move {
         // Err means the shutdown future was dropped: the server has already returned.
-        if draining_rx.await.is_ok() {
-            tokio::time::sleep(drain).await;
-        } else {
+        if draining_rx.await.is_err() {
             std::future::pending::<()>().await;
+        }
+        match tokio::time::timeout(drain, in_flight.idle()).await {
+            // A moment for the last responses to leave the socket.
+            Ok(()) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => tracing::warn!("drain time over: closing the calls still open"),
         }
     };
     tokio::select! {
         result = server => result?,
-        _ = drain_over => tracing::warn!("drain time over: closing the calls still open"),
+        _ = drained => {}
     }
     tracing::info!("stopped");
     Ok(())

@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod grpc_server;
 pub mod health;
+pub mod in_flight;
 pub mod keyring;
 pub mod proto_time;
 pub mod revocation;

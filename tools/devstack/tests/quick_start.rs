@@ -23,8 +23,6 @@ impl Devstack {
             .env("AUTH_ADDR", format!("127.0.0.1:{auth}"))
             .env("TASK_ADDR", format!("127.0.0.1:{task}"))
             .env("BCRYPT_COST", "4")
-            // Client connections that linger hold a graceful stop until the drain time is over.
-            .env("SHUTDOWN_DRAIN_SECONDS", "2")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
