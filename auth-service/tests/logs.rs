@@ -85,6 +85,14 @@ async fn no_password_token_or_hash_reaches_the_logs() {
 
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(text.contains("signed up") && text.contains("account deleted"), "the capture works:\n{text}");
+    // The access log: one line per call with method, code, latency and request id.
+    assert!(
+        text.lines().any(|l| l.contains("method=/todo.auth.v1.AuthService/Login")
+            && l.contains("code=Unauthenticated")
+            && l.contains("latency_ms=")
+            && l.contains("request_id=")),
+        "an access-log line for the failed login"
+    );
     for secret in &secrets {
         assert!(!text.contains(secret.as_str()), "a secret ({} chars) appears in the logs", secret.len());
     }

@@ -1,6 +1,7 @@
 //! Assembling and running a service's gRPC server: the service's routes plus standard health,
 //! reflection v1 and v1alpha, and a graceful shutdown that turns health NOT_SERVING first.
 
+use crate::access_log::AccessLogLayer;
 use crate::in_flight::{CountInFlightLayer, InFlight};
 use sqlx::PgPool;
 use std::future::Future;
@@ -56,6 +57,7 @@ pub async fn serve(
     let in_flight = InFlight::default();
     let server = Server::builder()
         .layer(CountInFlightLayer(in_flight.clone()))
+        .layer(AccessLogLayer)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_routes(routes)

@@ -2,6 +2,7 @@
 //! migrations, access-token verification, the mapping of errors to gRPC statuses, health and
 //! reflection wiring, and telemetry.
 
+pub mod access_log;
 pub mod caller;
 pub mod config;
 pub mod db;

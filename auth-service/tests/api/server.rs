@@ -119,3 +119,18 @@ async fn a_graceful_stop_finishes_calls_in_flight_and_does_not_wait_for_idle_cli
     assert!(took < std::time::Duration::from_secs(3), "stop took {took:?} with a 10 s drain");
     drop(auth);
 }
+
+#[tokio::test]
+async fn a_request_id_comes_back_in_the_response_metadata() {
+    use todo_proto::auth::v1::GetJwksRequest;
+    let app = TestApp::spawn().await;
+    let mut request = tonic::Request::new(GetJwksRequest {});
+    request.metadata_mut().insert("x-request-id", "client-chosen-42".parse().unwrap());
+    let response = app.auth.clone().get_jwks(request).await.unwrap();
+    assert_eq!(response.metadata().get("x-request-id").unwrap(), "client-chosen-42");
+
+    // Without one (or with one unfit to log), the server makes one, on errors too.
+    let err = app.auth.clone().get_current_user(todo_proto::auth::v1::GetCurrentUserRequest {}).await.unwrap_err();
+    let made = err.metadata().get("x-request-id").expect("a request id on an error").to_str().unwrap().to_string();
+    assert!(uuid::Uuid::parse_str(&made).is_ok(), "{made}");
+}

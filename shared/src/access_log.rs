@@ -1,0 +1,83 @@
+//! One log line per call: gRPC method, status code, latency and a request id. A client may send
+//! its own `x-request-id` (kept if it is short and printable); otherwise one is made. Either way
+//! it comes back in the response metadata, so a caller can quote it when reporting a problem.
+//! With LOG_FORMAT=json each line is one JSON object with these as fields.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+const REQUEST_ID: &str = "x-request-id";
+
+#[derive(Clone, Copy, Default)]
+pub struct AccessLogLayer;
+
+impl<S> tower::Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+}
+
+/// The client's id if it is fit to log (at most 128 visible ASCII characters), else a new one.
+fn request_id<B>(request: &http::Request<B>) -> http::HeaderValue {
+    request
+        .headers()
+        .get(REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
+        .cloned()
+        .unwrap_or_else(|| {
+            http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid header value")
+        })
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for AccessLog<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let id = request_id(&request);
+        request.headers_mut().insert(REQUEST_ID, id.clone());
+        let method = request.uri().path().to_owned();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = future.await?;
+            // An error travels in the headers (trailers-only); a success's status follows the
+            // body in trailers, so a response without one here is reported as OK.
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map(tonic::Code::from_i32)
+                .unwrap_or(tonic::Code::Ok);
+            response.headers_mut().insert(REQUEST_ID, id.clone());
+            tracing::info!(
+                target: "grpc",
+                method = %method,
+                code = ?code,
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                request_id = id.to_str().unwrap_or_default(),
+                "call"
+            );
+            Ok(response)
+        })
+    }
+}
