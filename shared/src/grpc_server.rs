@@ -2,7 +2,7 @@
 //! reflection v1 and v1alpha, and a graceful shutdown that turns health NOT_SERVING first.
 
 use crate::access_log::AccessLogLayer;
-use crate::in_flight::{CountInFlightLayer, InFlight};
+use crate::in_flight::InFlight;
 use sqlx::PgPool;
 use std::future::Future;
 use std::time::Duration;
@@ -56,8 +56,7 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, "serving");
     let in_flight = InFlight::default();
     let server = Server::builder()
-        .layer(CountInFlightLayer(in_flight.clone()))
-        .layer(AccessLogLayer)
+        .layer(AccessLogLayer(in_flight.clone()))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_routes(routes)
