@@ -1,8 +1,9 @@
 //! task-service settings, read once from the environment.
 
+use crate::sync::watch::WatchSettings;
 use std::net::SocketAddr;
 use std::time::Duration;
-use todo_shared::config::{ConfigError, DbConfig, Env, TokenConfig, drain_timeout, seconds, socket_addr};
+use todo_shared::config::{ConfigError, DbConfig, Env, TokenConfig, drain_timeout, parse_or, seconds, socket_addr};
 
 /// Where the service listens unless TASK_ADDR says otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50052";
@@ -16,6 +17,11 @@ pub struct TaskConfig {
     pub drain_timeout: Duration,
     /// How long revoked sessions are remembered: at least auth-service's access-token lifetime.
     pub revocation_window: Duration,
+    /// How long tombstones of deleted tasks are kept: a sync token older than that must sync
+    /// again from the start.
+    pub sync_retention: Duration,
+    /// WatchTasks: the events buffered per stream, and how long a full buffer is tolerated.
+    pub watch: WatchSettings,
 }
 
 impl TaskConfig {
@@ -26,8 +32,31 @@ impl TaskConfig {
             token: TokenConfig::from_env(env)?,
             drain_timeout: drain_timeout(env)?,
             revocation_window: seconds(env, "REVOCATION_WINDOW_SECONDS", 86_400, 60..=30 * 86_400)?,
+            sync_retention: Duration::from_secs(86_400 * whole(env, "SYNC_RETENTION_DAYS", 45, 1..=3650, "days")?),
+            watch: WatchSettings {
+                buffer: whole(env, "WATCH_BUFFER_EVENTS", 256, 1..=65_536, "events")? as usize,
+                slow_reader: seconds(env, "WATCH_SLOW_READER_SECONDS", 10, 1..=600)?,
+            },
         })
     }
+}
+
+/// A whole number of `unit` within `range`.
+fn whole(
+    env: &dyn Env,
+    var: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+    unit: &str,
+) -> Result<u64, ConfigError> {
+    let value: u64 = parse_or(env, var, default, &format!("a whole number of {unit}"))?;
+    if !range.contains(&value) {
+        return Err(ConfigError::new(
+            var,
+            format!("must be from {} to {} {unit}, got {value}", range.start(), range.end()),
+        ));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -40,5 +69,11 @@ mod tests {
         assert_eq!(TaskConfig::from_env(&env).unwrap().addr.to_string(), "127.0.0.1:50052");
         let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), ("TASK_ADDR", "nowhere")];
         assert_eq!(TaskConfig::from_env(&env).unwrap_err().var, "TASK_ADDR");
+        let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), ("WATCH_BUFFER_EVENTS", "0")];
+        let error = TaskConfig::from_env(&env).unwrap_err();
+        assert_eq!(
+            (error.var, error.problem.as_str()),
+            ("WATCH_BUFFER_EVENTS", "must be from 1 to 65536 events, got 0")
+        );
     }
 }

@@ -11,9 +11,12 @@ pub mod error;
 pub mod page_token;
 pub mod service;
 pub mod store;
+pub mod sync;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
+use sync::hub::Hub;
 use todo_proto::task::v1::task_service_server::TaskServiceServer;
 use todo_shared::caller::{Authenticator, RequireCaller};
 use todo_shared::keyring::KeyRing;
@@ -40,8 +43,22 @@ pub async fn serve(
     let revocations = Revocations::new(pool.clone(), config.revocation_window);
     let listener_task = revocations.spawn_listener(keyring.clone());
     let authenticator = Arc::new(Authenticator { verifier: TokenVerifier::new(keyring, &config.token), revocations });
-    let api = TaskServiceServer::new(service::TaskApi { pool: pool.clone() });
+    let hub = Hub::new();
+    let hub_task = hub.spawn_listener(&pool);
+    let pruning = spawn_pruning(pool.clone(), config.sync_retention);
+    let api = TaskServiceServer::new(service::TaskApi {
+        pool: pool.clone(),
+        authenticator: authenticator.clone(),
+        hub: hub.clone(),
+        watch: config.watch,
+    });
     let routes = tonic::service::Routes::new(RequireCaller::new(api, authenticator, TASK_DOMAIN));
+    // Streams end first, each with a status telling the client to come back, so the drain
+    // only waits for unary calls.
+    let shutdown = async move {
+        shutdown.await;
+        hub.close(Duration::from_secs(1)).await;
+    };
     let served = todo_shared::grpc_server::serve(
         listener,
         routes,
@@ -52,7 +69,25 @@ pub async fn serve(
     )
     .await;
     listener_task.abort();
+    hub_task.abort();
+    pruning.abort();
     pool.close().await;
     served?;
     Ok(())
+}
+
+/// Deletes tombstones older than the retention time, an hour apart (every instance does; the
+/// work is idempotent).
+fn spawn_pruning(pool: sqlx::PgPool, retention: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            match sync::feed::prune(&pool, retention).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "pruned tombstones of deleted tasks"),
+                Err(e) => tracing::warn!(error = %e, "could not prune the change feed"),
+            }
+        }
+    })
 }

@@ -5,19 +5,27 @@ use crate::domain::{Description, Etag, OrderBy, RequestId, TaskId, Title, page_s
 use crate::error::TaskError;
 use crate::page_token::{self, Cursor, PageTokenError, QueryKey};
 use crate::store::{self, Patch, TaskRow, Written};
+use crate::sync::hub::Hub;
+use crate::sync::watch::{Events, WatchSettings, Watcher};
+use crate::sync::{SyncError, change_of, check_position, feed};
 use sqlx::PgPool;
+use std::sync::Arc;
 use todo_proto::task::v1::task_service_server::TaskService;
 use todo_proto::task::v1::*;
 use todo_shared::Caller;
+use todo_shared::caller::Authenticator;
 use todo_shared::proto_time::optional_timestamp;
 use todo_shared::status::{FieldViolation, TASK_DOMAIN, all_valid};
 use tonic::{Request, Response, Status};
 
 pub struct TaskApi {
     pub(crate) pool: PgPool,
+    pub(crate) authenticator: Arc<Authenticator>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) watch: WatchSettings,
 }
 
-fn task_message(row: TaskRow) -> Task {
+pub(crate) fn task_message(row: TaskRow) -> Task {
     Task {
         id: row.id.into(),
         user_id: row.user_id.to_string(),
@@ -131,6 +139,68 @@ impl TaskApi {
         written(store::delete(&self.pool, &caller, id, etag?).await?)?;
         Ok(DeleteTaskResponse {})
     }
+
+    async fn sync_tasks(&self, caller: Caller, req: SyncTasksRequest) -> Result<SyncTasksResponse, Status> {
+        let size = page_size(req.page_size);
+        let start = crate::sync::token::decode(caller.user_id, &req.sync_token)
+            .map_err(|e| FieldViolation::new("sync_token", e.to_string()));
+        all_valid([size.as_ref().err(), start.as_ref().err()]).map_err(TaskError::from)?;
+        let (size, start) = (size.map_err(TaskError::from)?, start.map_err(TaskError::from)?);
+        // One row more than asked tells whether more follow.
+        let (feed, mut changes) =
+            feed::changes_after(&self.pool, &caller, start, size + 1).await.map_err(SyncError::Db)?;
+        // "" is the start, which is always there.
+        if !req.sync_token.is_empty() {
+            check_position(start, feed)?;
+        }
+        let has_more = changes.len() as i64 > size;
+        changes.truncate(size as usize);
+        // With nothing new the token stays where it was.
+        let next = changes.last().map_or(start, |c| c.seq);
+        let mut response = SyncTasksResponse {
+            next_sync_token: crate::sync::token::encode(caller.user_id, next),
+            has_more,
+            ..SyncTasksResponse::default()
+        };
+        for change in changes {
+            match change_of(change, start, caller.user_id) {
+                Some((ChangeType::Deleted, task)) => response.deleted_task_ids.push(task.id),
+                Some((_, task)) => response.changed_tasks.push(task),
+                None => {}
+            }
+        }
+        Ok(response)
+    }
+
+    async fn watch_tasks(
+        &self,
+        caller: Caller,
+        authorization: String,
+        req: WatchTasksRequest,
+    ) -> Result<Events, Status> {
+        let start = crate::sync::token::decode(caller.user_id, &req.sync_token)
+            .map_err(|e| TaskError::from(FieldViolation::new("sync_token", e.to_string())))?;
+        // Subscribed before the feed is read: a change committed in between wakes the stream.
+        let subscription = self.hub.subscribe(caller.user_id);
+        let open = self.hub.open_streams.enter();
+        let feed = feed::position(&self.pool, &caller).await.map_err(SyncError::Db)?;
+        let position = if req.sync_token.is_empty() { feed.seq } else { start };
+        check_position(position, feed)?;
+        let watcher = Watcher {
+            pool: self.pool.clone(),
+            authenticator: self.authenticator.clone(),
+            authorization,
+            caller,
+            subscription,
+            settings: self.watch,
+        };
+        Ok(watcher.start(position, open))
+    }
+
+    async fn get_task_stats(&self, caller: Caller) -> Result<GetTaskStatsResponse, TaskError> {
+        let (total, completed) = feed::stats(&self.pool, &caller).await?;
+        Ok(GetTaskStatsResponse { total, completed })
+    }
 }
 
 #[tonic::async_trait]
@@ -158,5 +228,28 @@ impl TaskService for TaskApi {
     async fn delete_task(&self, request: Request<DeleteTaskRequest>) -> Result<Response<DeleteTaskResponse>, Status> {
         let caller = Caller::of(&request, TASK_DOMAIN)?;
         Ok(Response::new(TaskApi::delete_task(self, caller, request.into_inner()).await?))
+    }
+
+    type WatchTasksStream = Events;
+
+    async fn watch_tasks(&self, request: Request<WatchTasksRequest>) -> Result<Response<Events>, Status> {
+        let caller = Caller::of(&request, TASK_DOMAIN)?;
+        // Kept to check the token again before each read of the feed.
+        let authorization =
+            request.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        Ok(Response::new(TaskApi::watch_tasks(self, caller, authorization, request.into_inner()).await?))
+    }
+
+    async fn sync_tasks(&self, request: Request<SyncTasksRequest>) -> Result<Response<SyncTasksResponse>, Status> {
+        let caller = Caller::of(&request, TASK_DOMAIN)?;
+        Ok(Response::new(TaskApi::sync_tasks(self, caller, request.into_inner()).await?))
+    }
+
+    async fn get_task_stats(
+        &self,
+        request: Request<GetTaskStatsRequest>,
+    ) -> Result<Response<GetTaskStatsResponse>, Status> {
+        let caller = Caller::of(&request, TASK_DOMAIN)?;
+        Ok(Response::new(TaskApi::get_task_stats(self, caller).await?))
     }
 }

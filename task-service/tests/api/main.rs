@@ -6,5 +6,6 @@ mod list;
 mod plans;
 mod revocation;
 mod startup;
+mod sync;
 mod tasks;
 mod token_minting;

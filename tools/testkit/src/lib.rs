@@ -86,6 +86,8 @@ pub fn task_config(db: &TestDatabase) -> task_service::TaskConfig {
         token: token_config(),
         drain_timeout: Duration::from_secs(2),
         revocation_window: Duration::from_secs(86_400),
+        sync_retention: Duration::from_secs(45 * 86_400),
+        watch: task_service::sync::watch::WatchSettings { buffer: 256, slow_reader: Duration::from_secs(10) },
     }
 }
 

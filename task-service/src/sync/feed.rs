@@ -1,0 +1,136 @@
+//! The SQL of the change feed (migration 0007): where a user's feed stands, the changes after a
+//! position, the stats, and the pruning of old tombstones.
+
+use crate::store::TaskRow;
+use sqlx::{PgExecutor, PgPool};
+use std::time::Duration;
+use todo_shared::Caller;
+
+/// Where a user's feed stands: the last change number, and the highest pruned one (a cursor
+/// below it has missed deletions that are no longer recorded).
+#[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
+pub struct Position {
+    pub seq: i64,
+    pub pruned_seq: i64,
+}
+
+pub async fn position(db: impl PgExecutor<'_>, caller: &Caller) -> Result<Position, sqlx::Error> {
+    let position: Option<Position> = sqlx::query_as("SELECT seq, pruned_seq FROM task_feeds WHERE user_id = $1")
+        .bind(caller.user_id)
+        .fetch_optional(db)
+        .await?;
+    Ok(position.unwrap_or_default())
+}
+
+/// One task's latest change after the cursor: the task as it is now, or None once it is deleted.
+#[derive(Debug)]
+pub struct Change {
+    pub task_id: i32,
+    pub seq: i64,
+    pub created_seq: i64,
+    pub task: Option<TaskRow>,
+}
+
+/// A feed row joined to its task; the task's columns are NULL once it is deleted.
+#[derive(sqlx::FromRow)]
+struct ChangeRow {
+    task_id: i32,
+    seq: i64,
+    created_seq: i64,
+    user_id: Option<uuid::Uuid>,
+    title: Option<String>,
+    description: Option<String>,
+    completed: Option<bool>,
+    created_at: Option<chrono::DateTime<chrono::Utc>>,
+    updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    version: Option<i64>,
+}
+
+impl ChangeRow {
+    fn into_change(self) -> Change {
+        let task = match (self.user_id, self.title, self.completed, self.version) {
+            (Some(user_id), Some(title), Some(completed), Some(version)) => Some(TaskRow {
+                id: self.task_id,
+                user_id,
+                title,
+                description: self.description,
+                completed,
+                created_at: self.created_at,
+                updated_at: self.updated_at,
+                version,
+            }),
+            _ => None,
+        };
+        Change { task_id: self.task_id, seq: self.seq, created_seq: self.created_seq, task }
+    }
+}
+
+/// The statement `changes_after` runs (public for the EXPLAIN test).
+pub const CHANGES_AFTER: &str = "SELECT v.task_id, v.seq, v.created_seq,
+            t.user_id, t.title, t.description, t.completed, t.created_at, t.updated_at, t.xmin::text::bigint AS version
+     FROM task_versions v
+     LEFT JOIN tasks t ON t.id = v.task_id AND t.user_id = v.user_id
+     WHERE v.user_id = $1 AND v.seq > $2
+     ORDER BY v.seq
+     LIMIT $3";
+
+/// The changes after `after`, oldest first, at most `limit`, with the feed's position in the
+/// same snapshot. Task rows come from the same snapshot as their change numbers.
+pub async fn changes_after(
+    pool: &PgPool,
+    caller: &Caller,
+    after: i64,
+    limit: i64,
+) -> Result<(Position, Vec<Change>), sqlx::Error> {
+    // One transaction, so the position and the changes agree.
+    let mut tx = pool.begin().await?;
+    let position = position(&mut *tx, caller).await?;
+    let rows: Vec<ChangeRow> =
+        sqlx::query_as(CHANGES_AFTER).bind(caller.user_id).bind(after).bind(limit).fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok((position, rows.into_iter().map(ChangeRow::into_change).collect()))
+}
+
+/// The caller's task counts, from the (user_id, completed) index alone.
+pub async fn stats(db: impl PgExecutor<'_>, caller: &Caller) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(STATS).bind(caller.user_id).fetch_one(db).await
+}
+
+/// The statement `stats` runs (public for the EXPLAIN test).
+pub const STATS: &str = "SELECT count(*), count(*) FILTER (WHERE completed) FROM tasks WHERE user_id = $1";
+
+/// Deletes tombstones older than `retention` (raising each feed's pruned_seq past them) and the
+/// feeds of deleted accounts, in batches so that no transaction holds many locks. Returns the
+/// number of tombstones removed.
+pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    let mut removed = 0;
+    loop {
+        let batch: i64 = sqlx::query_scalar(
+            "WITH pruned AS (
+                 DELETE FROM task_versions WHERE (user_id, task_id) IN (
+                     SELECT user_id, task_id FROM task_versions
+                     WHERE deleted_at < now() - make_interval(secs => $1) LIMIT 5000)
+                 RETURNING user_id, seq),
+             raised AS (
+                 UPDATE task_feeds f SET pruned_seq = GREATEST(f.pruned_seq, h.seq)
+                 FROM (SELECT user_id, max(seq) AS seq FROM pruned GROUP BY user_id) h
+                 WHERE f.user_id = h.user_id)
+             SELECT count(*) FROM pruned",
+        )
+        .bind(retention.as_secs_f64())
+        .fetch_one(pool)
+        .await?;
+        if batch == 0 {
+            break;
+        }
+        removed += batch as u64;
+    }
+    // Accounts that are gone: their sessions are gone too, so nobody can read these any more.
+    sqlx::query("DELETE FROM task_versions v WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = v.user_id)")
+        .execute(pool)
+        .await?;
+    sqlx::query("DELETE FROM task_feeds f WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = f.user_id)")
+        .execute(pool)
+        .await?;
+    Ok(removed)
+}
