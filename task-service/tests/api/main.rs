@@ -2,6 +2,7 @@
 //! real auth-service (or minted by a test key to attack the verifier), generated clients.
 
 mod attacks;
+mod convergence;
 mod list;
 mod plans;
 mod revocation;
@@ -9,3 +10,4 @@ mod startup;
 mod sync;
 mod tasks;
 mod token_minting;
+mod watch;

@@ -7,6 +7,7 @@ use todo_proto::task::v1::*;
 use tonic::Code;
 use uuid::Uuid;
 
+#[derive(Clone)]
 pub struct User {
     pub token: String,
     pub id: Uuid,

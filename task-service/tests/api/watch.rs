@@ -1,0 +1,273 @@
+//! WatchTasks: live changes on every instance, resume without gap or duplicate, the slow reader,
+//! the end of a stream (shutdown, revocation, account deletion).
+
+use crate::sync::{User, create, delete, rename, user};
+use std::time::{Duration, Instant};
+use testkit::{TestApp, assert_error, authed, channel, spawn_task, task_config};
+use todo_proto::task::v1::task_service_client::TaskServiceClient;
+use todo_proto::task::v1::*;
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+
+type Client = TaskServiceClient<Channel>;
+
+pub async fn watch(client: &Client, u: &User, sync_token: &str) -> Streaming<WatchTasksResponse> {
+    let request = WatchTasksRequest { sync_token: sync_token.into() };
+    client.clone().watch_tasks(authed(request, &u.token)).await.expect("WatchTasks starts").into_inner()
+}
+
+/// The next event, failing the test if none comes within 10 s.
+pub async fn next(stream: &mut Streaming<WatchTasksResponse>) -> WatchTasksResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event within 10 s")
+        .expect("the stream is healthy")
+        .expect("the stream goes on")
+}
+
+/// (change type, task id, title) of an event.
+fn seen(event: &WatchTasksResponse) -> (ChangeType, i64, String) {
+    let task = event.task.clone().expect("every event carries the task");
+    (event.change_type(), task.id, task.title)
+}
+
+async fn assert_quiet(stream: &mut Streaming<WatchTasksResponse>, for_how_long: Duration) {
+    if let Ok(message) = tokio::time::timeout(for_how_long, stream.message()).await {
+        panic!("expected no event, got {message:?}");
+    }
+}
+
+#[tokio::test]
+async fn changes_reach_every_stream_of_the_user_on_every_instance_and_no_one_else() {
+    let app = TestApp::spawn().await;
+    let other_instance = spawn_task(task_config(&app.db)).await;
+    let other: Client = TaskServiceClient::new(channel(other_instance.addr).await);
+    let alice = user(&app, "alice@example.com").await;
+    let bob = user(&app, "bob@example.com").await;
+    let mut here = watch(&app.tasks, &alice, "").await;
+    let mut there = watch(&other, &alice, "").await;
+    let mut bobs = watch(&app.tasks, &bob, "").await;
+
+    // Written through one instance, through the other, and by an admin script.
+    let started = Instant::now();
+    let task = create(&app, &alice, "first").await;
+    let request = UpdateTaskRequest { id: task.id, title: Some("second".into()), ..Default::default() };
+    other.clone().update_task(authed(request, &alice.token)).await.unwrap();
+    sqlx::query("UPDATE tasks SET title = 'third' WHERE id = $1")
+        .bind(task.id as i32)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    delete(&app, &alice, task.id).await;
+
+    let expected = [
+        (ChangeType::Created, task.id, "first".to_string()),
+        (ChangeType::Updated, task.id, "second".to_string()),
+        (ChangeType::Updated, task.id, "third".to_string()),
+        (ChangeType::Deleted, task.id, String::new()),
+    ];
+    for stream in [&mut here, &mut there] {
+        let mut events = Vec::new();
+        let mut tokens = Vec::new();
+        // Changes that follow each other quickly may arrive as one (a stream reads the latest
+        // state of a task): what must hold is the order, and that the last one is the deletion.
+        while events.last().map(|e: &(ChangeType, i64, String)| e.0) != Some(ChangeType::Deleted) {
+            let event = next(stream).await;
+            tokens.push(event.sync_token.clone());
+            events.push(seen(&event));
+        }
+        assert!(events.iter().all(|e| expected.contains(e)), "{events:?}");
+        let positions: Vec<usize> = events.iter().map(|e| expected.iter().position(|x| x == e).unwrap()).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "in commit order, each once: {events:?}");
+        assert!(tokens.iter().all(|t| !t.is_empty()));
+    }
+    eprintln!("four changes through two instances and SQL reached both streams in {:?}", started.elapsed());
+    assert_quiet(&mut bobs, Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn a_stream_resumed_from_its_token_replays_exactly_what_was_missed_then_goes_live() {
+    let app = TestApp::spawn().await;
+    let alice = user(&app, "alice@example.com").await;
+    let mut stream = watch(&app.tasks, &alice, "").await;
+    let a = create(&app, &alice, "a").await;
+    let event = next(&mut stream).await;
+    assert_eq!(seen(&event), (ChangeType::Created, a.id, "a".into()));
+    drop(stream);
+
+    // Offline: a is changed then deleted, b created, c created and renamed, d created and deleted.
+    rename(&app, &alice, a.id, "a2").await;
+    let b = create(&app, &alice, "b").await;
+    delete(&app, &alice, a.id).await;
+    let c = create(&app, &alice, "c").await;
+    rename(&app, &alice, c.id, "c2").await;
+    let d = create(&app, &alice, "d").await;
+    delete(&app, &alice, d.id).await;
+
+    let mut stream = watch(&app.tasks, &alice, &event.sync_token).await;
+    let replayed = [next(&mut stream).await, next(&mut stream).await, next(&mut stream).await];
+    assert_eq!(
+        replayed.iter().map(seen).collect::<Vec<_>>(),
+        [
+            (ChangeType::Created, b.id, "b".into()),
+            (ChangeType::Deleted, a.id, String::new()),
+            (ChangeType::Created, c.id, "c2".into())
+        ]
+    );
+    // Then live, with nothing repeated.
+    let e = create(&app, &alice, "e").await;
+    assert_eq!(seen(&next(&mut stream).await), (ChangeType::Created, e.id, "e".into()));
+    assert_quiet(&mut stream, Duration::from_millis(300)).await;
+
+    // A token from WatchTasks continues in SyncTasks, and the other way round.
+    let request = SyncTasksRequest { sync_token: replayed[0].sync_token.clone(), page_size: 0 };
+    let synced = app.tasks.clone().sync_tasks(authed(request, &alice.token)).await.unwrap().into_inner();
+    assert_eq!(synced.deleted_task_ids, [a.id]);
+    assert_eq!(synced.changed_tasks.iter().map(|t| t.id).collect::<Vec<_>>(), [c.id, e.id]);
+}
+
+#[tokio::test]
+async fn a_slow_transaction_reaches_the_stream_before_the_change_that_waited_for_it() {
+    let app = TestApp::spawn().await;
+    let alice = user(&app, "alice@example.com").await;
+    let task = create(&app, &alice, "before").await;
+    let mut stream = watch(&app.tasks, &alice, "").await;
+    let mut slow = app.db.pool.begin().await.unwrap();
+    sqlx::query("UPDATE tasks SET title = 'slow' WHERE id = $1")
+        .bind(task.id as i32)
+        .execute(&mut *slow)
+        .await
+        .unwrap();
+    let fast = {
+        let (tasks, token) = (app.tasks.clone(), alice.token.clone());
+        tokio::spawn(async move {
+            let request = CreateTaskRequest { title: "fast".into(), ..Default::default() };
+            tasks.clone().create_task(authed(request, &token)).await.unwrap().into_inner().task.unwrap()
+        })
+    };
+    assert_quiet(&mut stream, Duration::from_millis(300)).await;
+    slow.commit().await.unwrap();
+    let fast = fast.await.unwrap();
+    assert_eq!(seen(&next(&mut stream).await), (ChangeType::Updated, task.id, "slow".into()));
+    assert_eq!(seen(&next(&mut stream).await), (ChangeType::Created, fast.id, "fast".into()));
+}
+
+#[tokio::test]
+async fn deleting_an_account_deletes_its_tasks_in_the_feed_and_ends_its_streams() {
+    let app = TestApp::spawn().await;
+    let alice = user(&app, "alice@example.com").await;
+    let bob = user(&app, "bob@example.com").await;
+    let alices: Vec<i64> = [create(&app, &alice, "a").await.id, create(&app, &alice, "b").await.id].into();
+    let bobs: Vec<i64> = [create(&app, &bob, "c").await.id, create(&app, &bob, "d").await.id].into();
+    let mut alice_stream = watch(&app.tasks, &alice, "").await;
+    let mut bob_stream = watch(&app.tasks, &bob, "").await;
+
+    // An admin removes bob's tasks with one statement: a DELETED event for each.
+    sqlx::query("DELETE FROM tasks WHERE user_id = $1").bind(bob.id).execute(&app.db.pool).await.unwrap();
+    let mut deleted = [next(&mut bob_stream).await, next(&mut bob_stream).await];
+    deleted.sort_by_key(|e| e.task.as_ref().unwrap().id);
+    assert_eq!(
+        deleted.iter().map(seen).collect::<Vec<_>>(),
+        bobs.iter().map(|id| (ChangeType::Deleted, *id, String::new())).collect::<Vec<_>>()
+    );
+
+    // Alice deletes her account: the cascade records a tombstone per task, and her stream ends.
+    let request = todo_proto::auth::v1::DeleteAccountRequest { password: testkit::PASSWORD.into() };
+    app.auth.clone().delete_account(authed(request, &alice.token)).await.unwrap();
+    let tombstones: Vec<i32> = sqlx::query_scalar(
+        "SELECT task_id FROM task_versions WHERE user_id = $1 AND deleted_at IS NOT NULL ORDER BY task_id",
+    )
+    .bind(alice.id)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(tombstones.into_iter().map(i64::from).collect::<Vec<_>>(), alices);
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match alice_stream.message().await {
+                // Her DELETED events may come first; then the stream must end.
+                Ok(Some(event)) => assert_eq!(event.change_type(), ChangeType::Deleted),
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the stream of a deleted account ends within 5 s");
+    assert_error(&ended, Code::Unauthenticated, "SESSION_REVOKED");
+}
+
+#[tokio::test]
+async fn a_reader_that_falls_behind_is_cut_off_instead_of_growing_memory() {
+    let app = TestApp::spawn().await;
+    let mut config = task_config(&app.db);
+    config.watch = task_service::sync::watch::WatchSettings { buffer: 16, slow_reader: Duration::from_secs(1) };
+    let server = spawn_task(config).await;
+    // A client with small HTTP/2 windows, so that not reading soon pushes back on the server.
+    let endpoint = Channel::from_shared(format!("http://{}", server.addr)).unwrap();
+    let endpoint = endpoint.initial_stream_window_size(Some(16 * 1024)).initial_connection_window_size(Some(16 * 1024));
+    let client = TaskServiceClient::new(endpoint.connect().await.unwrap());
+    let alice = user(&app, "alice@example.com").await;
+    let mut stream = watch(&client, &alice, "").await;
+
+    // 5,000 changes at once, and the client does not read for 3 s.
+    sqlx::query("INSERT INTO tasks (user_id, title, description) SELECT $1, 'bulk ' || g, repeat('x', 200) FROM generate_series(1, 5000) g")
+        .bind(alice.id)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut received = 0;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("the stream moves") {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("the stream ended without a status after {received} events"),
+            Err(status) => break status,
+        }
+    };
+    assert_error(&status, Code::ResourceExhausted, "SLOW_READER");
+    assert!(received < 5000, "cut off before the end, after {received} events");
+    eprintln!("slow reader cut off after {received} of 5000 events");
+    // The server is fine: a new stream resumes.
+    let mut again = watch(&client, &alice, "").await;
+    let task = create(&app, &alice, "after").await;
+    assert_eq!(next(&mut again).await.task.unwrap().id, task.id);
+}
+
+#[tokio::test]
+async fn streams_end_with_unavailable_when_the_server_stops_or_unauthenticated_when_revoked() {
+    let app = TestApp::spawn().await;
+    let server = spawn_task(task_config(&app.db)).await;
+    let client = TaskServiceClient::new(channel(server.addr).await);
+    let alice = user(&app, "alice@example.com").await;
+    let mut stream = watch(&client, &alice, "").await;
+    let stopping = Instant::now();
+    let stopped = tokio::spawn(server.stop());
+    let status = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap_err();
+    assert_error(&status, Code::Unavailable, "SHUTTING_DOWN");
+    stopped.await.unwrap().expect("the server stops cleanly");
+    assert!(stopping.elapsed() < Duration::from_secs(2), "a stream does not hold the stop: {:?}", stopping.elapsed());
+
+    // Logging out ends the streams of that session.
+    let (_, tokens) = (alice.id, alice.token.clone());
+    let mut stream = watch(&app.tasks, &alice, "").await;
+    let login = todo_proto::auth::v1::LogoutAllRequest {};
+    app.auth.clone().logout_all(authed(login, &tokens)).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap_err();
+    assert_error(&status, Code::Unauthenticated, "SESSION_REVOKED");
+}
+
+#[tokio::test]
+async fn watch_refuses_bad_and_expired_tokens_up_front() {
+    let app = TestApp::spawn().await;
+    let alice = user(&app, "alice@example.com").await;
+    let request = WatchTasksRequest { sync_token: "junk".into() };
+    let status = app.tasks.clone().watch_tasks(authed(request, &alice.token)).await.unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let ahead = task_service::sync::token::encode(alice.id, 99);
+    let request = WatchTasksRequest { sync_token: ahead };
+    let status = app.tasks.clone().watch_tasks(authed(request, &alice.token)).await.unwrap_err();
+    assert_error(&status, Code::FailedPrecondition, "SYNC_TOKEN_UNKNOWN");
+    let status = app.tasks.clone().watch_tasks(WatchTasksRequest::default()).await.unwrap_err();
+    assert_error(&status, Code::Unauthenticated, "MISSING_TOKEN");
+}
