@@ -9,6 +9,7 @@ mod load;
 mod pgbench;
 mod seed;
 mod stack;
+mod watch;
 
 use load::{LoadResult, Timing};
 use serde_json::{Value, json};
@@ -266,6 +267,10 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
             &services
         )
     );
+
+    // watch: commit-to-event latency for 50 streams while 200 changes a second are made.
+    let watched = watch::latency(clients.task(0), &clients.bearer[..50], 200, timing.measure).await?;
+    println!("{watched}");
 
     // validate: ValidateToken at auth-service (signature, then the session in the database).
     let c = clients.clone();
