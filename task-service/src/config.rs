@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 use todo_shared::config::{ConfigError, DbConfig, Env, TokenConfig, drain_timeout, seconds, socket_addr};
+use todo_shared::grpc_web::CorsOrigins;
 
 /// Where the service listens unless TASK_ADDR says otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50052";
@@ -16,6 +17,8 @@ pub struct TaskConfig {
     pub drain_timeout: Duration,
     /// How long revoked sessions are remembered: at least auth-service's access-token lifetime.
     pub revocation_window: Duration,
+    /// Browser origins allowed to call over gRPC-Web (CORS_ALLOWED_ORIGINS).
+    pub cors_allowed_origins: CorsOrigins,
 }
 
 impl TaskConfig {
@@ -26,6 +29,7 @@ impl TaskConfig {
             token: TokenConfig::from_env(env)?,
             drain_timeout: drain_timeout(env)?,
             revocation_window: seconds(env, "REVOCATION_WINDOW_SECONDS", 86_400, 60..=30 * 86_400)?,
+            cors_allowed_origins: CorsOrigins::from_env(env)?,
         })
     }
 }

@@ -76,6 +76,7 @@ pub fn auth_config(db: &TestDatabase) -> auth_service::AuthConfig {
             max_failures_per_address: 100,
             window: Duration::from_secs(900),
         },
+        cors_allowed_origins: Default::default(),
     }
 }
 
@@ -86,6 +87,7 @@ pub fn task_config(db: &TestDatabase) -> task_service::TaskConfig {
         token: token_config(),
         drain_timeout: Duration::from_secs(2),
         revocation_window: Duration::from_secs(86_400),
+        cors_allowed_origins: Default::default(),
     }
 }
 
