@@ -3,8 +3,8 @@
 # version pinned in tools/buf/package-lock.json, installed into tools/buf/node_modules.
 #
 # Breaking changes are checked against, in this order: $BUF_AGAINST_REF if set; on a branch
-# other than main, its merge-base with main (what the merge would change); else HEAD~1 (on main,
-# after a merge: the previous main). With no earlier commit (a fresh one-commit or shallow clone),
+# off main (or origin/main), its merge-base with main (what the merge would change); else HEAD~1
+# (on main, after a merge: the previous main). With no earlier commit (a fresh one-commit or shallow clone),
 # the working tree is checked against HEAD, which still catches an uncommitted break.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,14 +20,16 @@ echo "buf $($buf --version)"
 echo "== buf lint"
 $buf lint
 
-branch=$(git rev-parse --abbrev-ref HEAD)
-if [[ -n "${BUF_AGAINST_REF:-}" ]]; then
-    against=$BUF_AGAINST_REF
-elif [[ "$branch" != main ]] && git rev-parse -q --verify main >/dev/null; then
-    against=$(git merge-base HEAD main)
-elif git rev-parse -q --verify HEAD~1 >/dev/null; then
+against=${BUF_AGAINST_REF:-}
+if [[ -z "$against" ]] && main=$(git rev-parse -q --verify main || git rev-parse -q --verify origin/main); then
+    base=$(git merge-base HEAD "$main" || true)
+    # On a branch: what merging it would change. On main itself (the base is HEAD): see below.
+    [[ -n "$base" && "$base" != "$(git rev-parse HEAD)" ]] && against=$base
+fi
+if [[ -z "$against" ]] && git rev-parse -q --verify HEAD~1 >/dev/null; then
     against=HEAD~1
-else
+fi
+if [[ -z "$against" ]]; then
     echo "no earlier commit here: checking the working tree against HEAD"
     against=HEAD
 fi
