@@ -6,7 +6,8 @@ use crate::config::{ConfigError, Env, optional};
 use http::{HeaderName, HeaderValue, Method};
 use std::time::Duration;
 use tonic_web::GrpcWebLayer;
-use tower::layer::util::Stack;
+use tower::layer::util::{Identity, Stack};
+use tower::util::Either;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 const VAR: &str = "CORS_ALLOWED_ORIGINS";
@@ -51,10 +52,16 @@ fn origin(raw: &str) -> Result<String, String> {
 }
 
 /// CORS outside (tonic-web answers a preflight OPTIONS with 400), gRPC-Web translation inside.
-pub fn layer(origins: &CorsOrigins) -> Stack<GrpcWebLayer, CorsLayer> {
+/// With no origins there is no CORS layer at all: no response carries a CORS header.
+pub fn layer(origins: &CorsOrigins) -> Stack<GrpcWebLayer, Either<CorsLayer, Identity>> {
+    let cors = (!origins.is_empty()).then(|| cors_layer(origins));
+    Stack::new(GrpcWebLayer::new(), tower::util::option_layer(cors))
+}
+
+fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
     let allowed = origins.0.iter().map(|o| HeaderValue::from_str(o).expect("a validated origin is a valid header"));
     let header = HeaderName::from_static;
-    let cors = CorsLayer::new()
+    CorsLayer::new()
         .allow_origin(AllowOrigin::list(allowed))
         .allow_methods([Method::POST])
         // What gRPC-Web clients send, and the bearer token and request id of this API.
@@ -63,8 +70,7 @@ pub fn layer(origins: &CorsOrigins) -> Stack<GrpcWebLayer, CorsLayer> {
         )
         // Errors arrive in these headers (trailers-only responses); the rest is in the body.
         .expose_headers(["grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id"].map(header))
-        .max_age(Duration::from_secs(24 * 60 * 60));
-    Stack::new(GrpcWebLayer::new(), cors)
+        .max_age(Duration::from_secs(24 * 60 * 60))
 }
 
 #[cfg(test)]
