@@ -7,6 +7,7 @@ use std::time::Duration;
 use todo_shared::config::{
     ConfigError, DbConfig, Env, TokenConfig, drain_timeout, optional, parse_or, seconds, socket_addr,
 };
+use todo_shared::grpc_web::CorsOrigins;
 
 /// Where the service listens unless AUTH_ADDR says otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
@@ -26,6 +27,8 @@ pub struct AuthConfig {
     pub refresh_reuse_grace: Duration,
     pub bcrypt_cost: u32,
     pub throttle: ThrottleConfig,
+    /// Browser origins allowed to call over gRPC-Web (CORS_ALLOWED_ORIGINS).
+    pub cors_allowed_origins: CorsOrigins,
 }
 
 impl AuthConfig {
@@ -55,6 +58,7 @@ impl AuthConfig {
                 max_failures_per_address: positive(env, "LOGIN_MAX_FAILURES_PER_ADDRESS", 100)?,
                 window: seconds(env, "LOGIN_THROTTLE_WINDOW_SECONDS", 900, 1..=86_400)?,
             },
+            cors_allowed_origins: CorsOrigins::from_env(env)?,
         })
     }
 }

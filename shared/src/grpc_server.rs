@@ -21,6 +21,7 @@ pub async fn serve(
     pool: PgPool,
     services: &'static [&'static str],
     drain: Duration,
+    cors: &crate::grpc_web::CorsOrigins,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -56,6 +57,8 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, "serving");
     let in_flight = InFlight::default();
     let server = Server::builder()
+        .accept_http1(true) // gRPC-Web from browsers
+        .layer(crate::grpc_web::layer(cors))
         .layer(AccessLogLayer(in_flight.clone()))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

@@ -7,6 +7,7 @@ pub mod caller;
 pub mod config;
 pub mod db;
 pub mod grpc_server;
+pub mod grpc_web;
 pub mod health;
 pub mod in_flight;
 pub mod keyring;

@@ -4,6 +4,7 @@ use crate::sync::watch::WatchSettings;
 use std::net::SocketAddr;
 use std::time::Duration;
 use todo_shared::config::{ConfigError, DbConfig, Env, TokenConfig, drain_timeout, parse_or, seconds, socket_addr};
+use todo_shared::grpc_web::CorsOrigins;
 
 /// Where the service listens unless TASK_ADDR says otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50052";
@@ -22,6 +23,8 @@ pub struct TaskConfig {
     pub sync_retention: Duration,
     /// WatchTasks: the events buffered per stream, and how long a full buffer is tolerated.
     pub watch: WatchSettings,
+    /// Browser origins allowed to call over gRPC-Web (CORS_ALLOWED_ORIGINS).
+    pub cors_allowed_origins: CorsOrigins,
 }
 
 impl TaskConfig {
@@ -37,6 +40,7 @@ impl TaskConfig {
                 buffer: whole(env, "WATCH_BUFFER_EVENTS", 256, 1..=65_536, "events")? as usize,
                 slow_reader: seconds(env, "WATCH_SLOW_READER_SECONDS", 10, 1..=600)?,
             },
+            cors_allowed_origins: CorsOrigins::from_env(env)?,
         })
     }
 }

@@ -65,6 +65,7 @@ pub async fn serve(
         pool.clone(),
         &[SERVICE_NAME],
         config.drain_timeout,
+        &config.cors_allowed_origins,
         shutdown,
     )
     .await;

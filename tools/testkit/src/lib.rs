@@ -76,6 +76,7 @@ pub fn auth_config(db: &TestDatabase) -> auth_service::AuthConfig {
             max_failures_per_address: 100,
             window: Duration::from_secs(900),
         },
+        cors_allowed_origins: Default::default(),
     }
 }
 
@@ -88,6 +89,7 @@ pub fn task_config(db: &TestDatabase) -> task_service::TaskConfig {
         revocation_window: Duration::from_secs(86_400),
         sync_retention: Duration::from_secs(45 * 86_400),
         watch: task_service::sync::watch::WatchSettings { buffer: 256, slow_reader: Duration::from_secs(10) },
+        cors_allowed_origins: Default::default(),
     }
 }
 
