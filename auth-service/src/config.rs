@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use todo_shared::config::{
-    ConfigError, DbConfig, Env, TokenConfig, drain_timeout, optional, parse_or, seconds, socket_addr,
+    ConfigError, DbConfig, EndpointConfig, Env, TokenConfig, drain_timeout, optional, parse_or, seconds, socket_addr,
 };
 
 /// Where the service listens unless AUTH_ADDR says otherwise.
@@ -26,6 +26,8 @@ pub struct AuthConfig {
     pub refresh_reuse_grace: Duration,
     pub bcrypt_cost: u32,
     pub throttle: ThrottleConfig,
+    /// TLS and the metrics listener.
+    pub endpoint: EndpointConfig,
 }
 
 impl AuthConfig {
@@ -55,6 +57,7 @@ impl AuthConfig {
                 max_failures_per_address: positive(env, "LOGIN_MAX_FAILURES_PER_ADDRESS", 100)?,
                 window: seconds(env, "LOGIN_THROTTLE_WINDOW_SECONDS", 900, 1..=86_400)?,
             },
+            endpoint: EndpointConfig::from_env(env)?,
         })
     }
 }
@@ -90,6 +93,7 @@ mod tests {
             ("AUTH_ADDR", "localhost"),
             ("ACCESS_TOKEN_TTL_SECONDS", "0"),
             ("SIGNING_KEY_FILE", "/nonexistent/key.pem"),
+            ("METRICS_ADDR", "anywhere"),
         ] {
             let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), (var, value)];
             assert_eq!(AuthConfig::from_env(&env).unwrap_err().var, var, "{var}={value}");

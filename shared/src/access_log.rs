@@ -3,8 +3,11 @@
 //! its own `x-request-id` (kept if it is short and printable); otherwise one is made. Either way
 //! it comes back in the response metadata, so a caller can quote it when reporting a problem.
 //! With LOG_FORMAT=json each line is one JSON object with these as fields.
+//! With metrics on, the same place counts the call in the Prometheus series (`metrics`).
 
 use crate::in_flight::InFlight;
+use crate::metrics::GrpcMetrics;
+use std::sync::Arc;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -12,15 +15,16 @@ use std::time::Instant;
 
 const REQUEST_ID: &str = "x-request-id";
 
-/// One layer for both jobs, so that a call costs one boxed future, not two.
+/// One layer for every per-call job (in flight, log, metrics when on), so that a call costs one
+/// boxed future, not several.
 #[derive(Clone)]
-pub struct AccessLogLayer(pub InFlight);
+pub struct AccessLogLayer(pub InFlight, pub Option<Arc<GrpcMetrics>>);
 
 impl<S> tower::Layer<S> for AccessLogLayer {
     type Service = AccessLog<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AccessLog { inner, in_flight: self.0.clone() }
+        AccessLog { inner, in_flight: self.0.clone(), metrics: self.1.clone() }
     }
 }
 
@@ -28,6 +32,7 @@ impl<S> tower::Layer<S> for AccessLogLayer {
 pub struct AccessLog<S> {
     inner: S,
     in_flight: InFlight,
+    metrics: Option<Arc<GrpcMetrics>>,
 }
 
 /// The client's id if it is fit to log (at most 128 visible ASCII characters), else a new one.
@@ -63,11 +68,20 @@ where
         let id = request_id(&request);
         request.headers_mut().insert(REQUEST_ID, id.clone());
         let method = request.uri().path().to_owned();
+        let series = self.metrics.as_ref().map(|metrics| metrics.started(&method));
         let future = self.inner.call(request);
         Box::pin(async move {
             let response = future.await;
             drop(in_flight);
-            let mut response = response?;
+            let mut response = match response {
+                Ok(response) => response,
+                Err(e) => {
+                    if let Some(series) = series {
+                        series.handled(tonic::Code::Unknown, started.elapsed());
+                    }
+                    return Err(e);
+                }
+            };
             // An error travels in the headers (trailers-only); a success's status follows the
             // body in trailers, so a response without one here is reported as OK.
             let code = response
@@ -78,6 +92,9 @@ where
                 .map(tonic::Code::from_i32)
                 .unwrap_or(tonic::Code::Ok);
             response.headers_mut().insert(REQUEST_ID, id.clone());
+            if let Some(series) = series {
+                series.handled(code, started.elapsed());
+            }
             tracing::info!(
                 target: "grpc",
                 method = %method,

@@ -48,6 +48,7 @@ pub async fn serve(
         pool.clone(),
         &[SERVICE_NAME],
         config.drain_timeout,
+        todo_shared::grpc_server::ServeExtras { endpoint: config.endpoint.clone(), gauges: Vec::new() },
         shutdown,
     )
     .await;

@@ -3,6 +3,7 @@
 
 mod account;
 mod login;
+mod metrics;
 mod refresh;
 mod security;
 mod server;

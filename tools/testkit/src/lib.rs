@@ -17,6 +17,9 @@ use tonic_types::StatusExt;
 
 pub use localpg::test_database;
 
+pub mod scrape;
+pub mod tls;
+
 pub const ISSUER: &str = "todo-auth";
 pub const AUDIENCE: &str = "todo";
 /// bcrypt's minimum: tests exercise the logic, not the cost.
@@ -76,6 +79,7 @@ pub fn auth_config(db: &TestDatabase) -> auth_service::AuthConfig {
             max_failures_per_address: 100,
             window: Duration::from_secs(900),
         },
+        endpoint: Default::default(),
     }
 }
 
@@ -86,6 +90,7 @@ pub fn task_config(db: &TestDatabase) -> task_service::TaskConfig {
         token: token_config(),
         drain_timeout: Duration::from_secs(2),
         revocation_window: Duration::from_secs(86_400),
+        endpoint: Default::default(),
     }
 }
 
