@@ -3,6 +3,7 @@
 
 mod attacks;
 mod list;
+mod metrics;
 mod plans;
 mod revocation;
 mod startup;
