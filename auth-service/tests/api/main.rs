@@ -8,4 +8,5 @@ mod refresh;
 mod security;
 mod server;
 mod sign_up;
+mod tls;
 mod tokens;

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
+pub use localpg;
 pub use localpg::test_database;
 
 pub mod scrape;
@@ -64,9 +65,14 @@ pub fn token_config() -> TokenConfig {
 }
 
 pub fn auth_config(db: &TestDatabase) -> auth_service::AuthConfig {
+    auth_config_with(db_config(db))
+}
+
+/// The test settings of auth-service over a database of the caller's choosing.
+pub fn auth_config_with(db: DbConfig) -> auth_service::AuthConfig {
     auth_service::AuthConfig {
         addr: "127.0.0.1:0".parse().expect("a valid address"),
-        db: db_config(db),
+        db,
         token: token_config(),
         drain_timeout: Duration::from_secs(2),
         signing_key_file: None,
