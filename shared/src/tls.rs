@@ -48,6 +48,38 @@ impl TlsFiles {
     }
 }
 
+/// How the `healthcheck` subcommand reaches a server that speaks TLS. It is on when the
+/// server's own TLS_CERT_FILE is set (the check runs beside the server, with its environment);
+/// the server's certificate is verified against HEALTHCHECK_CA_FILE, by default the certificates
+/// in TLS_CERT_FILE itself (right for a self-signed certificate, or a file that ends with its
+/// CA), under the name HEALTHCHECK_TLS_NAME (default localhost).
+#[derive(Clone, Debug)]
+pub struct CheckTls {
+    pub ca_pem: Vec<u8>,
+    pub server_name: String,
+}
+
+impl CheckTls {
+    pub fn from_env(env: &dyn Env) -> Result<Option<Self>, ConfigError> {
+        let Some(cert) = optional(env, "TLS_CERT_FILE") else {
+            return Ok(None);
+        };
+        let (var, path) = match optional(env, "HEALTHCHECK_CA_FILE") {
+            Some(ca) => ("HEALTHCHECK_CA_FILE", ca),
+            None => ("TLS_CERT_FILE", cert),
+        };
+        let ca_pem = std::fs::read(&path).map_err(|e| ConfigError::new(var, format!("cannot read {path}: {e}")))?;
+        let server_name = optional(env, "HEALTHCHECK_TLS_NAME").unwrap_or_else(|| "localhost".into());
+        Ok(Some(Self { ca_pem, server_name }))
+    }
+
+    pub fn client_config(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .domain_name(self.server_name.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -145,3 +145,45 @@ async fn postgres_verify_full_against_a_server_with_a_test_ca() {
     assert!(format!("{err:#}").contains("UnknownIssuer"), "{err:#}");
     drop(pg);
 }
+
+/// Runs `auth-service healthcheck` against `addr` with `env` and returns whether it exited 0.
+async fn healthcheck(addr: std::net::SocketAddr, env: &[(&str, &std::path::Path)]) -> bool {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_auth-service"));
+    command.arg("healthcheck").env("AUTH_ADDR", addr.to_string());
+    for var in ["TLS_CERT_FILE", "TLS_KEY_FILE", "HEALTHCHECK_CA_FILE", "HEALTHCHECK_TLS_NAME"] {
+        command.env_remove(var);
+    }
+    for (var, value) in env {
+        command.env(var, value);
+    }
+    command.stderr(std::process::Stdio::null()).status().await.expect("running the binary").success()
+}
+
+#[tokio::test]
+async fn the_healthcheck_subcommand_checks_a_tls_server() {
+    let ca = TestCa::new("todo test CA");
+    let files = TempDir::new();
+    let server_cert = ca.server_cert(&["localhost"]);
+    // The certificate file ends with its CA, so the check trusts it with no other setting.
+    let cert = files.write("server.pem", &format!("{}{}", server_cert.cert_pem, ca.cert_pem()));
+    let key = files.write("server.key", &server_cert.key_pem);
+    let other_ca = files.write("other-ca.pem", &TestCa::new("another CA").cert_pem());
+    let db = TestDatabase::new().await;
+    let mut config = testkit::auth_config(&db);
+    config.endpoint.tls = Some(TlsFiles { cert: cert.clone(), key: key.clone() });
+    let server = testkit::spawn_auth(config).await;
+
+    let env = [("TLS_CERT_FILE", cert.as_path()), ("TLS_KEY_FILE", key.as_path())];
+    let mut serving = false;
+    for _ in 0..50 {
+        if healthcheck(server.addr, &env).await {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(serving, "healthcheck over TLS never succeeded");
+    assert!(!healthcheck(server.addr, &[]).await, "a plaintext check of a TLS server fails");
+    let untrusted = [env[0], env[1], ("HEALTHCHECK_CA_FILE", other_ca.as_path())];
+    assert!(!healthcheck(server.addr, &untrusted).await, "a check trusting another CA fails");
+}
