@@ -52,10 +52,8 @@ pub async fn serve(
     let issuer = Arc::new(tokens::TokenIssuer::new(key, config.token.clone(), config.access_token_ttl));
     let keyring = KeyRing::load(pool.clone()).await;
     let hasher = passwords::PasswordHasher::new(config.bcrypt_cost).await?;
-    let extras = todo_shared::grpc_server::ServeExtras {
-        endpoint: config.endpoint.clone(),
-        gauges: password_gauges(&hasher),
-    };
+    let extras =
+        todo_shared::grpc_server::ServeExtras { endpoint: config.endpoint.clone(), gauges: password_gauges(&hasher) };
     let api = service::AuthApi {
         pool: pool.clone(),
         hasher,
@@ -98,17 +96,17 @@ fn password_gauges(hasher: &passwords::PasswordHasher) -> Vec<todo_shared::metri
     vec![
         SampledGauge::new(
             "auth_password_hash_queue_depth",
-            "Password checks (bcrypt) waiting for a free hashing slot.",
+            "Password checks (bcrypt) waiting for a free hashing slot",
             move || as_i64(queued.queue_depth()),
         ),
         SampledGauge::new(
             "auth_password_hash_queue_capacity",
-            "The most password checks that may wait; beyond it calls get RESOURCE_EXHAUSTED OVERLOADED.",
+            "The most password checks that may wait; beyond it calls get RESOURCE_EXHAUSTED OVERLOADED",
             move || max,
         ),
         SampledGauge::new(
             "auth_password_hash_in_progress",
-            "Password checks (bcrypt) running now, at most one per core.",
+            "Password checks (bcrypt) running now, at most one per core",
             move || as_i64(running.in_progress()),
         ),
     ]

@@ -6,10 +6,10 @@
 //! With metrics on, the same place counts the call in the Prometheus series (`metrics`).
 
 use crate::in_flight::InFlight;
-use crate::metrics::GrpcMetrics;
-use std::sync::Arc;
+use crate::metrics::{CountedBody, GrpcMetrics, StreamEnd, grpc_status};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -52,9 +52,9 @@ where
     S: tower::Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<CountedBody<R>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -84,17 +84,21 @@ where
             };
             // An error travels in the headers (trailers-only); a success's status follows the
             // body in trailers, so a response without one here is reported as OK.
-            let code = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .map(tonic::Code::from_i32)
-                .unwrap_or(tonic::Code::Ok);
+            let code_in_headers = grpc_status(response.headers());
+            let code = code_in_headers.unwrap_or(tonic::Code::Ok);
             response.headers_mut().insert(REQUEST_ID, id.clone());
-            if let Some(series) = series {
-                series.handled(code, started.elapsed());
-            }
+            // A unary call is over once its headers are ready; a stream that has started is
+            // counted when its body ends, with the code of its trailers.
+            let stream_end = match series {
+                Some(series) if series.is_stream() && code_in_headers.is_none() => {
+                    Some(StreamEnd::new(series, started))
+                }
+                Some(series) => {
+                    series.handled(code, started.elapsed());
+                    None
+                }
+                None => None,
+            };
             tracing::info!(
                 target: "grpc",
                 method = %method,
@@ -103,7 +107,7 @@ where
                 request_id = id.to_str().unwrap_or_default(),
                 "call"
             );
-            Ok(response)
+            Ok(response.map(|body| CountedBody::new(body, stream_end)))
         })
     }
 }

@@ -63,11 +63,7 @@ pub async fn check_command(
         if let Some(tls) = &tls {
             endpoint = endpoint.tls_config(tls.client_config())?;
         }
-        let channel = endpoint
-            .connect_timeout(PROBE_TIMEOUT)
-            .timeout(PROBE_TIMEOUT)
-            .connect()
-            .await?;
+        let channel = endpoint.connect_timeout(PROBE_TIMEOUT).timeout(PROBE_TIMEOUT).connect().await?;
         let response = HealthClient::new(channel).check(HealthCheckRequest { service: service.into() }).await?;
         Ok::<_, Box<dyn std::error::Error>>(response.into_inner().status())
     };

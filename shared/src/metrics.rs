@@ -95,6 +95,11 @@ pub struct MethodSeries {
 }
 
 impl MethodSeries {
+    /// Streams are counted as handled when they end (their code is in the trailers).
+    pub fn is_stream(&self) -> bool {
+        self.labels.grpc_type != "unary"
+    }
+
     /// Records the end of a call: its code and how long it took.
     pub fn handled(&self, code: tonic::Code, elapsed: Duration) {
         let index = (code as usize).min(16);
@@ -111,6 +116,94 @@ impl MethodSeries {
             })
             .inc();
         self.handling.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// What a stream still has to record when it ends.
+pub struct StreamEnd {
+    series: Arc<MethodSeries>,
+    started: std::time::Instant,
+}
+
+impl StreamEnd {
+    pub fn new(series: Arc<MethodSeries>, started: std::time::Instant) -> Self {
+        Self { series, started }
+    }
+
+    fn finish(self, code: tonic::Code) {
+        self.series.handled(code, self.started.elapsed());
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records its stream's end: the code in the trailers, or Canceled
+    /// when the body is dropped first (the client went away, or the drain cut the stream).
+    /// For unary calls (recorded at the headers) it only passes frames through.
+    pub struct CountedBody<B> {
+        #[pin]
+        inner: B,
+        end: Option<StreamEnd>,
+    }
+
+    impl<B> PinnedDrop for CountedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(end) = this.project().end.take() {
+                end.finish(tonic::Code::Cancelled);
+            }
+        }
+    }
+}
+
+impl<B> CountedBody<B> {
+    pub fn new(inner: B, end: Option<StreamEnd>) -> Self {
+        Self { inner, end }
+    }
+}
+
+/// The `grpc-status` of a header map (response headers or trailers), if it has one.
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+}
+
+impl<B: http_body::Body> http_body::Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if this.end.is_some() {
+            let code = match &polled {
+                std::task::Poll::Ready(Some(Ok(frame))) => {
+                    frame.trailers_ref().map(|t| grpc_status(t).unwrap_or(tonic::Code::Unknown))
+                }
+                std::task::Poll::Ready(Some(Err(_))) => Some(tonic::Code::Unknown),
+                // A gRPC body always ends with trailers; one that does not ended abnormally.
+                std::task::Poll::Ready(None) => Some(tonic::Code::Unknown),
+                std::task::Poll::Pending => None,
+            };
+            if let Some(code) = code
+                && let Some(end) = this.end.take()
+            {
+                end.finish(code);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -208,15 +301,15 @@ impl Metrics {
         let started = Family::<MethodLabels, Counter>::default();
         let handled = Family::<HandledLabels, Counter>::default();
         let handling: HistogramFamily = Family::new_with_constructor(handling_histogram);
-        registry.register("grpc_server_started", "Total number of RPCs started on the server.", started.clone());
+        registry.register("grpc_server_started", "Total number of RPCs started on the server", started.clone());
         registry.register(
             "grpc_server_handled",
-            "Total number of RPCs completed on the server, regardless of success or failure.",
+            "Total number of RPCs completed on the server, regardless of success or failure",
             handled.clone(),
         );
         registry.register(
             "grpc_server_handling_seconds",
-            "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+            "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server",
             handling.clone(),
         );
         let series = |labels: MethodLabels| {
@@ -242,12 +335,12 @@ impl Metrics {
         let connections = Family::<StateLabels, Gauge>::default();
         registry.register(
             "db_pool_connections",
-            "Connections of the PostgreSQL pool, by state (idle or in_use).",
+            "Connections of the PostgreSQL pool, by state (idle or in_use)",
             connections.clone(),
         );
         let max = Gauge::<i64>::default();
         max.set(i64::from(max_connections));
-        registry.register("db_pool_max_connections", "The most connections the pool opens (DB_MAX_CONNECTIONS).", max);
+        registry.register("db_pool_max_connections", "The most connections the pool opens (DB_MAX_CONNECTIONS)", max);
         let pool = pool.clone();
         samplers.push(Box::new(move || {
             let size = i64::from(pool.size());
@@ -272,8 +365,7 @@ impl Metrics {
             sample();
         }
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
     }
 
@@ -307,9 +399,8 @@ pub async fn start(
     let all: Vec<&str> = services.iter().copied().chain(STANDARD_SERVICES).collect();
     let max_connections = pool.options().get_max_connections();
     let metrics = Metrics::new(&all, pool, max_connections, gauges);
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (METRICS_ADDR): {e}"))?;
+    let listener =
+        TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} (METRICS_ADDR): {e}"))?;
     tracing::info!(addr = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
     let grpc = metrics.grpc.clone();
     Ok((grpc, Endpoint(spawn_endpoint(listener, Arc::new(metrics)))))

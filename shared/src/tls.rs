@@ -19,10 +19,16 @@ impl TlsFiles {
         let files = match (optional(env, "TLS_CERT_FILE"), optional(env, "TLS_KEY_FILE")) {
             (None, None) => return Ok(None),
             (Some(_), None) => {
-                return Err(ConfigError::new("TLS_KEY_FILE", "is not set but TLS_CERT_FILE is: set both for TLS, or neither"));
+                return Err(ConfigError::new(
+                    "TLS_KEY_FILE",
+                    "is not set but TLS_CERT_FILE is: set both for TLS, or neither",
+                ));
             }
             (None, Some(_)) => {
-                return Err(ConfigError::new("TLS_CERT_FILE", "is not set but TLS_KEY_FILE is: set both for TLS, or neither"));
+                return Err(ConfigError::new(
+                    "TLS_CERT_FILE",
+                    "is not set but TLS_KEY_FILE is: set both for TLS, or neither",
+                ));
             }
             (Some(cert), Some(key)) => Self { cert: cert.into(), key: key.into() },
         };
@@ -37,7 +43,8 @@ impl TlsFiles {
     /// The files read into tonic's server settings (rustls with the ring provider, the one sqlx
     /// already uses, so the binaries carry one crypto library).
     pub fn server_config(&self) -> anyhow::Result<ServerTlsConfig> {
-        let cert = std::fs::read(&self.cert).with_context(|| format!("TLS_CERT_FILE: reading {}", self.cert.display()))?;
+        let cert =
+            std::fs::read(&self.cert).with_context(|| format!("TLS_CERT_FILE: reading {}", self.cert.display()))?;
         let key = std::fs::read(&self.key).with_context(|| format!("TLS_KEY_FILE: reading {}", self.key.display()))?;
         for (var, pem, path) in [("TLS_CERT_FILE", &cert, &self.cert), ("TLS_KEY_FILE", &key, &self.key)] {
             if !pem.windows(11).any(|w| w == b"-----BEGIN ") {

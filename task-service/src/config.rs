@@ -46,6 +46,9 @@ mod tests {
         let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), ("TASK_ADDR", "nowhere")];
         assert_eq!(TaskConfig::from_env(&env).unwrap_err().var, "TASK_ADDR");
         let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), ("TLS_KEY_FILE", "/etc/hostname")];
-        assert_eq!(TaskConfig::from_env(&env).unwrap_err().to_string(), "TLS_CERT_FILE: is not set but TLS_KEY_FILE is: set both for TLS, or neither");
+        assert_eq!(
+            TaskConfig::from_env(&env).unwrap_err().to_string(),
+            "TLS_CERT_FILE: is not set but TLS_KEY_FILE is: set both for TLS, or neither"
+        );
     }
 }

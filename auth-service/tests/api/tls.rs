@@ -128,10 +128,8 @@ async fn postgres_verify_full_against_a_server_with_a_test_ca() {
     let mut auth = AuthServiceClient::new(testkit::channel(server.addr).await);
     auth.sign_up(sign_up("pg-tls@example.com")).await.expect("migrations and the call went over verified TLS");
     let pool = todo_shared::db::pool(&config).unwrap();
-    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let ssl: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_one(&pool).await.unwrap();
     assert!(ssl, "the connection is encrypted");
     server.stop().await.unwrap();
 

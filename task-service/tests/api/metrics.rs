@@ -1,5 +1,6 @@
 //! `/metrics` of task-service: calls refused before the handler (no token) are counted too,
-//! streams carry their grpc_type, and paths the server does not serve share one series.
+//! streams carry their grpc_type and are handled when they end, and paths the server does not
+//! serve share one series.
 
 use testkit::scrape::{free_local_addr, scrape, wait_until_up};
 use testkit::test_database::TestDatabase;
@@ -45,12 +46,12 @@ async fn task_calls_are_counted_by_method_and_code() {
     let err = tasks.get_task(GetTaskRequest { id: 1 }).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     HealthClient::new(task_channel.clone()).check(HealthCheckRequest { service: String::new() }).await.unwrap();
-    let mut watch = HealthClient::new(task_channel.clone())
+    let mut watch_stream = HealthClient::new(task_channel.clone())
         .watch(HealthCheckRequest { service: String::new() })
         .await
         .unwrap()
         .into_inner();
-    watch.message().await.unwrap();
+    watch_stream.message().await.unwrap();
     // An AuthService method asked of task-service: UNIMPLEMENTED, counted as "unknown".
     let err = AuthServiceClient::new(task_channel).get_jwks(GetJwksRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
@@ -69,10 +70,25 @@ async fn task_calls_are_counted_by_method_and_code() {
     assert_eq!(moved(handled, &check), 1.0, "{}", after.0);
     let watch = [("grpc_method", "Watch"), ("grpc_type", "server_stream")];
     assert_eq!(moved("grpc_server_started_total", &watch), 1.0, "{}", after.0);
+    assert_eq!(moved("grpc_server_handling_seconds_count", &watch), 0.0, "a stream still open is not handled yet");
     let unknown = [("grpc_service", "unknown"), ("grpc_method", "unknown"), ("grpc_code", "Unimplemented")];
     assert_eq!(moved(handled, &unknown), 1.0, "{}", after.0);
     assert!(!after.0.contains("AuthService"), "task-service lists only what it serves");
     assert!(!after.0.contains("auth_password_hash"), "the bcrypt gauges are auth-service's");
     assert_eq!(after.value("db_pool_max_connections", &[]), Some(5.0));
     assert!(after.value("db_pool_connections", &[("state", "idle")]).is_some());
+
+    // The client drops the stream: it is handled, as Canceled, with its whole duration.
+    drop(watch_stream);
+    let canceled = [("grpc_method", "Watch"), ("grpc_type", "server_stream"), ("grpc_code", "Canceled")];
+    let mut last = scrape(metrics_addr).await;
+    for _ in 0..50 {
+        if last.count(handled, &canceled) == 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        last = scrape(metrics_addr).await;
+    }
+    assert_eq!(last.count(handled, &canceled), 1.0, "{}", last.0);
+    assert_eq!(last.count("grpc_server_handling_seconds_count", &watch), 1.0);
 }
