@@ -5,8 +5,8 @@
 use testkit::scrape::{free_local_addr, scrape, wait_until_up};
 use testkit::test_database::TestDatabase;
 use testkit::{authed, spawn_auth, spawn_task};
-use todo_proto::auth::v1::GetJwksRequest;
 use todo_proto::auth::v1::auth_service_client::AuthServiceClient;
+use todo_proto::auth::v1::{GetJwksRequest, SignUpRequest};
 use todo_proto::task::v1::task_service_client::TaskServiceClient;
 use todo_proto::task::v1::{CreateTaskRequest, GetTaskRequest};
 use tonic::Code;
@@ -26,20 +26,14 @@ async fn task_calls_are_counted_by_method_and_code() {
     wait_until_up(metrics_addr).await;
     let before = scrape(metrics_addr).await;
 
-    let (_, tokens) = {
-        let app_auth = AuthServiceClient::new(testkit::channel(auth_server.addr).await);
-        let response = app_auth
-            .clone()
-            .sign_up(todo_proto::auth::v1::SignUpRequest {
-                email: "t@example.com".into(),
-                password: testkit::PASSWORD.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        (response.user.unwrap(), response.tokens.unwrap())
-    };
-    let token = tokens.access_token;
+    let token = AuthServiceClient::new(testkit::channel(auth_server.addr).await)
+        .sign_up(SignUpRequest { email: "t@example.com".into(), password: testkit::PASSWORD.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap()
+        .access_token;
     tasks.create_task(authed(CreateTaskRequest { title: "one".into(), ..Default::default() }, &token)).await.unwrap();
     let err = tasks.create_task(authed(CreateTaskRequest::default(), &token)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
