@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use todo_shared::config::{
-    ConfigError, DbConfig, Env, TokenConfig, drain_timeout, optional, parse_or, seconds, socket_addr,
+    ConfigError, DbConfig, EndpointConfig, Env, TokenConfig, drain_timeout, optional, parse_or, seconds, socket_addr,
 };
 use todo_shared::grpc_web::CorsOrigins;
 
@@ -29,6 +29,8 @@ pub struct AuthConfig {
     pub throttle: ThrottleConfig,
     /// Browser origins allowed to call over gRPC-Web (CORS_ALLOWED_ORIGINS).
     pub cors_allowed_origins: CorsOrigins,
+    /// TLS and the metrics listener.
+    pub endpoint: EndpointConfig,
 }
 
 impl AuthConfig {
@@ -59,6 +61,7 @@ impl AuthConfig {
                 window: seconds(env, "LOGIN_THROTTLE_WINDOW_SECONDS", 900, 1..=86_400)?,
             },
             cors_allowed_origins: CorsOrigins::from_env(env)?,
+            endpoint: EndpointConfig::from_env(env)?,
         })
     }
 }
@@ -94,6 +97,7 @@ mod tests {
             ("AUTH_ADDR", "localhost"),
             ("ACCESS_TOKEN_TTL_SECONDS", "0"),
             ("SIGNING_KEY_FILE", "/nonexistent/key.pem"),
+            ("METRICS_ADDR", "anywhere"),
         ] {
             let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), (var, value)];
             assert_eq!(AuthConfig::from_env(&env).unwrap_err().var, var, "{var}={value}");

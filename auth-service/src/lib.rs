@@ -51,9 +51,12 @@ pub async fn serve(
     let ephemeral = key.ephemeral;
     let issuer = Arc::new(tokens::TokenIssuer::new(key, config.token.clone(), config.access_token_ttl));
     let keyring = KeyRing::load(pool.clone()).await;
+    let hasher = passwords::PasswordHasher::new(config.bcrypt_cost).await?;
+    let extras =
+        todo_shared::grpc_server::ServeExtras { endpoint: config.endpoint.clone(), gauges: password_gauges(&hasher) };
     let api = service::AuthApi {
         pool: pool.clone(),
-        hasher: passwords::PasswordHasher::new(config.bcrypt_cost).await?,
+        hasher,
         issuer: issuer.clone(),
         verifier: Arc::new(TokenVerifier::new(keyring, &config.token)),
         refresh_ttl: config.refresh_token_ttl,
@@ -69,6 +72,7 @@ pub async fn serve(
         &[SERVICE_NAME],
         config.drain_timeout,
         &config.cors_allowed_origins,
+        extras,
         shutdown,
     )
     .await;
@@ -83,4 +87,28 @@ pub async fn serve(
     }
     pool.close().await;
     Ok(())
+}
+
+/// The bcrypt queue, read at each scrape of `/metrics`.
+fn password_gauges(hasher: &passwords::PasswordHasher) -> Vec<todo_shared::metrics::SampledGauge> {
+    use todo_shared::metrics::SampledGauge;
+    let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let (queued, running, max) = (hasher.clone(), hasher.clone(), as_i64(hasher.max_queue_depth()));
+    vec![
+        SampledGauge::new(
+            "auth_password_hash_queue_depth",
+            "Password checks (bcrypt) waiting for a free hashing slot",
+            move || as_i64(queued.queue_depth()),
+        ),
+        SampledGauge::new(
+            "auth_password_hash_queue_capacity",
+            "The most password checks that may wait; beyond it calls get RESOURCE_EXHAUSTED OVERLOADED",
+            move || max,
+        ),
+        SampledGauge::new(
+            "auth_password_hash_in_progress",
+            "Password checks (bcrypt) running now, at most one per core",
+            move || as_i64(running.in_progress()),
+        ),
+    ]
 }

@@ -28,6 +28,7 @@ pub enum PasswordError {
 pub struct PasswordHasher {
     cost: u32,
     slots: Arc<Semaphore>,
+    total_slots: usize,
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
     /// Computed in the background at start, so that startup does not wait for a bcrypt hash.
@@ -41,6 +42,7 @@ impl PasswordHasher {
         let hasher = Self {
             cost,
             slots: Arc::new(Semaphore::new(slots)),
+            total_slots: slots,
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting: slots * WAITING_PER_SLOT,
             dummy_hash,
@@ -71,6 +73,21 @@ impl PasswordHasher {
 
     pub fn cost(&self) -> u32 {
         self.cost
+    }
+
+    /// Calls waiting for a hashing slot now (for the metrics).
+    pub fn queue_depth(&self) -> usize {
+        self.waiting.load(Ordering::Acquire).min(self.max_waiting)
+    }
+
+    /// Hashes running now (for the metrics).
+    pub fn in_progress(&self) -> usize {
+        self.total_slots - self.slots.available_permits()
+    }
+
+    /// The most calls that may wait; one more is refused as OVERLOADED.
+    pub fn max_queue_depth(&self) -> usize {
+        self.max_waiting
     }
 
     pub async fn hash(&self, password: &str) -> Result<String, PasswordError> {

@@ -3,24 +3,28 @@
 //! its own `x-request-id` (kept if it is short and printable); otherwise one is made. Either way
 //! it comes back in the response metadata, so a caller can quote it when reporting a problem.
 //! With LOG_FORMAT=json each line is one JSON object with these as fields.
+//! With metrics on, the same place counts the call in the Prometheus series (`metrics`).
 
 use crate::in_flight::InFlight;
+use crate::metrics::{CountedBody, GrpcMetrics, StreamEnd, grpc_status};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 const REQUEST_ID: &str = "x-request-id";
 
-/// One layer for both jobs, so that a call costs one boxed future, not two.
+/// One layer for every per-call job (in flight, log, metrics when on), so that a call costs one
+/// boxed future, not several.
 #[derive(Clone)]
-pub struct AccessLogLayer(pub InFlight);
+pub struct AccessLogLayer(pub InFlight, pub Option<Arc<GrpcMetrics>>);
 
 impl<S> tower::Layer<S> for AccessLogLayer {
     type Service = AccessLog<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AccessLog { inner, in_flight: self.0.clone() }
+        AccessLog { inner, in_flight: self.0.clone(), metrics: self.1.clone() }
     }
 }
 
@@ -28,6 +32,7 @@ impl<S> tower::Layer<S> for AccessLogLayer {
 pub struct AccessLog<S> {
     inner: S,
     in_flight: InFlight,
+    metrics: Option<Arc<GrpcMetrics>>,
 }
 
 /// The client's id if it is fit to log (at most 128 visible ASCII characters), else a new one.
@@ -47,9 +52,9 @@ where
     S: tower::Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<CountedBody<R>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -63,21 +68,37 @@ where
         let id = request_id(&request);
         request.headers_mut().insert(REQUEST_ID, id.clone());
         let method = request.uri().path().to_owned();
+        let series = self.metrics.as_ref().map(|metrics| metrics.started(&method));
         let future = self.inner.call(request);
         Box::pin(async move {
             let response = future.await;
             drop(in_flight);
-            let mut response = response?;
+            let mut response = match response {
+                Ok(response) => response,
+                Err(e) => {
+                    if let Some(series) = series {
+                        series.handled(tonic::Code::Unknown, started.elapsed());
+                    }
+                    return Err(e);
+                }
+            };
             // An error travels in the headers (trailers-only); a success's status follows the
             // body in trailers, so a response without one here is reported as OK.
-            let code = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .map(tonic::Code::from_i32)
-                .unwrap_or(tonic::Code::Ok);
+            let code_in_headers = grpc_status(response.headers());
+            let code = code_in_headers.unwrap_or(tonic::Code::Ok);
             response.headers_mut().insert(REQUEST_ID, id.clone());
+            // A unary call is over once its headers are ready; a stream that has started is
+            // counted when its body ends, with the code of its trailers.
+            let stream_end = match series {
+                Some(series) if series.is_stream() && code_in_headers.is_none() => {
+                    Some(StreamEnd::new(series, started))
+                }
+                Some(series) => {
+                    series.handled(code, started.elapsed());
+                    None
+                }
+                None => None,
+            };
             tracing::info!(
                 target: "grpc",
                 method = %method,
@@ -86,7 +107,7 @@ where
                 request_id = id.to_str().unwrap_or_default(),
                 "call"
             );
-            Ok(response)
+            Ok(response.map(|body| CountedBody::new(body, stream_end)))
         })
     }
 }

@@ -172,6 +172,24 @@ impl TokenConfig {
     }
 }
 
+/// How a service is reached beyond plain gRPC: TLS (`TLS_CERT_FILE`, `TLS_KEY_FILE`) and the
+/// Prometheus endpoint (`METRICS_ADDR`; unset: no metrics listener, and no counting either).
+#[derive(Clone, Debug, Default)]
+pub struct EndpointConfig {
+    pub tls: Option<crate::tls::TlsFiles>,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl EndpointConfig {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let metrics_addr = match optional(env, "METRICS_ADDR") {
+            None => None,
+            Some(_) => Some(socket_addr(env, "METRICS_ADDR", "127.0.0.1:9101")?),
+        };
+        Ok(Self { tls: crate::tls::TlsFiles::from_env(env)?, metrics_addr })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +211,18 @@ mod tests {
         assert_eq!(err.to_string(), "DB_MAX_CONNECTIONS: expected a whole number, got \"lots\"");
         let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), ("RUN_MIGRATIONS", "maybe")];
         assert_eq!(DbConfig::from_env(&env).unwrap_err().var, "RUN_MIGRATIONS");
+    }
+
+    #[test]
+    fn endpoint_settings() {
+        let env: &[(&str, &str)] = &[];
+        let endpoint = EndpointConfig::from_env(&env).unwrap();
+        assert!(endpoint.metrics_addr.is_none() && endpoint.tls.is_none());
+        let env: &[(&str, &str)] = &[("METRICS_ADDR", "0.0.0.0:9101")];
+        assert_eq!(EndpointConfig::from_env(&env).unwrap().metrics_addr, Some("0.0.0.0:9101".parse().unwrap()));
+        let env: &[(&str, &str)] = &[("METRICS_ADDR", "9101")];
+        let err = EndpointConfig::from_env(&env).unwrap_err();
+        assert_eq!(err.to_string(), "METRICS_ADDR: expected an address such as 127.0.0.1:9101, got \"9101\"");
     }
 
     #[test]

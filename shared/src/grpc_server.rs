@@ -2,7 +2,9 @@
 //! reflection v1 and v1alpha, and a graceful shutdown that turns health NOT_SERVING first.
 
 use crate::access_log::AccessLogLayer;
+use crate::config::EndpointConfig;
 use crate::in_flight::InFlight;
+use crate::metrics::SampledGauge;
 use sqlx::PgPool;
 use std::future::Future;
 use std::time::Duration;
@@ -11,6 +13,13 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
+
+/// What a server adds to plain gRPC: TLS and metrics settings, and the service's own gauges.
+#[derive(Default)]
+pub struct ServeExtras {
+    pub endpoint: EndpointConfig,
+    pub gauges: Vec<SampledGauge>,
+}
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then lets in-flight calls finish for
 /// at most `drain`; calls still open then (long streams such as health Watch) are cut.
@@ -22,8 +31,23 @@ pub async fn serve(
     services: &'static [&'static str],
     drain: Duration,
     cors: &crate::grpc_web::CorsOrigins,
+    extras: ServeExtras,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    // The endpoint stops when this function returns (dropped), however it returns.
+    let (metrics, _metrics_endpoint) = match extras.endpoint.metrics_addr {
+        Some(addr) => {
+            let (grpc, endpoint) = crate::metrics::start(addr, services, &pool, extras.gauges).await?;
+            (Some(grpc), Some(endpoint))
+        }
+        None => (None, None),
+    };
+    let mut builder = Server::builder();
+    if let Some(tls) = &extras.endpoint.tls {
+        builder = builder
+            .tls_config(tls.server_config()?)
+            .map_err(|e| anyhow::anyhow!("TLS_CERT_FILE / TLS_KEY_FILE: the certificate or key is not usable: {e}"))?;
+    }
     let (reporter, health_service) = tonic_health::server::health_reporter();
     crate::health::set_all(&reporter, services, ServingStatus::NotServing).await;
     let probe = crate::health::spawn_database_probe(pool, reporter.clone(), services);
@@ -54,12 +78,12 @@ pub async fn serve(
         let _ = draining_tx.send(());
     };
 
-    tracing::info!(addr = %listener.local_addr()?, "serving");
+    tracing::info!(addr = %listener.local_addr()?, tls = extras.endpoint.tls.is_some(), "serving");
     let in_flight = InFlight::default();
-    let server = Server::builder()
+    let server = builder
         .accept_http1(true) // gRPC-Web from browsers
         .layer(crate::grpc_web::layer(cors))
-        .layer(AccessLogLayer(in_flight.clone()))
+        .layer(AccessLogLayer(in_flight.clone(), metrics))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_routes(routes)

@@ -46,18 +46,24 @@ pub fn spawn_database_probe(
 }
 
 /// The `healthcheck` subcommand of the binaries (for container health checks without extra
-/// tools): asks the server at `addr` whether `service` is SERVING. Exit code 0 if so.
-pub async fn check_command(addr: std::net::SocketAddr, service: &str) -> std::process::ExitCode {
+/// tools): asks the server at `addr` (over TLS with `tls`) whether `service` is SERVING.
+/// Exit code 0 if so.
+pub async fn check_command(
+    addr: std::net::SocketAddr,
+    service: &str,
+    tls: Option<crate::tls::CheckTls>,
+) -> std::process::ExitCode {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     let addr =
         if addr.ip().is_unspecified() { std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
     let check = async {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
-            .connect_timeout(PROBE_TIMEOUT)
-            .timeout(PROBE_TIMEOUT)
-            .connect()
-            .await?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Channel::from_shared(format!("{scheme}://{addr}"))?;
+        if let Some(tls) = &tls {
+            endpoint = endpoint.tls_config(tls.client_config())?;
+        }
+        let channel = endpoint.connect_timeout(PROBE_TIMEOUT).timeout(PROBE_TIMEOUT).connect().await?;
         let response = HealthClient::new(channel).check(HealthCheckRequest { service: service.into() }).await?;
         Ok::<_, Box<dyn std::error::Error>>(response.into_inner().status())
     };

@@ -11,11 +11,13 @@ pub mod grpc_web;
 pub mod health;
 pub mod in_flight;
 pub mod keyring;
+pub mod metrics;
 pub mod proto_time;
 pub mod revocation;
 pub mod service_main;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 
 pub use caller::Caller;

@@ -35,8 +35,10 @@ impl<C> Binary<C> {
             ExitCode::from(code)
         };
         if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-            return match socket_addr(&ProcessEnv, self.addr_var, self.default_addr) {
-                Ok(addr) => crate::health::check_command(addr, self.service).await,
+            let settings = socket_addr(&ProcessEnv, self.addr_var, self.default_addr)
+                .and_then(|addr| Ok((addr, crate::tls::CheckTls::from_env(&ProcessEnv)?)));
+            return match settings {
+                Ok((addr, tls)) => crate::health::check_command(addr, self.service, tls).await,
                 Err(e) => fail("configuration error: ", &e, 2),
             };
         }

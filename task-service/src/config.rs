@@ -3,7 +3,9 @@
 use crate::sync::watch::WatchSettings;
 use std::net::SocketAddr;
 use std::time::Duration;
-use todo_shared::config::{ConfigError, DbConfig, Env, TokenConfig, drain_timeout, parse_or, seconds, socket_addr};
+use todo_shared::config::{
+    ConfigError, DbConfig, EndpointConfig, Env, TokenConfig, drain_timeout, parse_or, seconds, socket_addr,
+};
 use todo_shared::grpc_web::CorsOrigins;
 
 /// Where the service listens unless TASK_ADDR says otherwise.
@@ -25,6 +27,8 @@ pub struct TaskConfig {
     pub watch: WatchSettings,
     /// Browser origins allowed to call over gRPC-Web (CORS_ALLOWED_ORIGINS).
     pub cors_allowed_origins: CorsOrigins,
+    /// TLS and the metrics listener.
+    pub endpoint: EndpointConfig,
 }
 
 impl TaskConfig {
@@ -41,6 +45,7 @@ impl TaskConfig {
                 slow_reader: seconds(env, "WATCH_SLOW_READER_SECONDS", 10, 1..=600)?,
             },
             cors_allowed_origins: CorsOrigins::from_env(env)?,
+            endpoint: EndpointConfig::from_env(env)?,
         })
     }
 }
@@ -78,6 +83,11 @@ mod tests {
         assert_eq!(
             (error.var, error.problem.as_str()),
             ("WATCH_BUFFER_EVENTS", "must be from 1 to 65536 events, got 0")
+        );
+        let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), ("TLS_KEY_FILE", "/etc/hostname")];
+        assert_eq!(
+            TaskConfig::from_env(&env).unwrap_err().to_string(),
+            "TLS_CERT_FILE: is not set but TLS_KEY_FILE is: set both for TLS, or neither"
         );
     }
 }

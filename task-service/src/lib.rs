@@ -66,6 +66,7 @@ pub async fn serve(
         &[SERVICE_NAME],
         config.drain_timeout,
         &config.cors_allowed_origins,
+        todo_shared::grpc_server::ServeExtras { endpoint: config.endpoint.clone(), gauges: Vec::new() },
         shutdown,
     )
     .await;

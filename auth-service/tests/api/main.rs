@@ -4,8 +4,10 @@
 mod account;
 mod grpc_web;
 mod login;
+mod metrics;
 mod refresh;
 mod security;
 mod server;
 mod sign_up;
+mod tls;
 mod tokens;

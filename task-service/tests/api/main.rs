@@ -4,6 +4,7 @@
 mod attacks;
 mod convergence;
 mod list;
+mod metrics;
 mod plans;
 mod revocation;
 mod startup;

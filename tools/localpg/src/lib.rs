@@ -11,4 +11,4 @@ mod server;
 pub mod test_database;
 
 pub use binaries::{PgBinaries, find_binaries};
-pub use server::{Durability, PrivatePostgres};
+pub use server::{Durability, PrivatePostgres, ServerTls};

@@ -30,6 +30,13 @@ pub struct PrivatePostgres {
 
 const SUPERUSER: &str = "postgres";
 
+/// A certificate and key (PEM) for the server to offer TLS with (`ssl=on`); clients may still
+/// connect without TLS unless they ask for it (sslmode).
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
 impl PrivatePostgres {
     /// Starts a server whose files live under `root` (created if missing; an existing cluster
     /// there is reused, so a second start keeps the data). With `remove_on_exit` the guardian
@@ -39,6 +46,17 @@ impl PrivatePostgres {
         root: &Path,
         durability: Durability,
         remove_on_exit: bool,
+    ) -> Result<Self, String> {
+        Self::start_with_tls(binaries, root, durability, remove_on_exit, None)
+    }
+
+    /// `start`, with TLS on when `tls` is given.
+    pub fn start_with_tls(
+        binaries: PgBinaries,
+        root: &Path,
+        durability: Durability,
+        remove_on_exit: bool,
+        tls: Option<&ServerTls>,
     ) -> Result<Self, String> {
         let owner = unprivileged_owner()?;
         fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
@@ -80,6 +98,17 @@ impl PrivatePostgres {
             format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=300");
         if durability == Durability::Throwaway {
             options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
+        if let Some(tls) = tls {
+            // PostgreSQL refuses a key that others may read: it is the server user's, mode 0600.
+            let (cert, key) = (root.join("server.crt"), root.join("server.key"));
+            write_private(&cert, &tls.cert_pem, owner)?;
+            write_private(&key, &tls.key_pem, owner)?;
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file='{}' -c ssl_key_file='{}'",
+                cert.display(),
+                key.display()
+            ));
         }
         run(
             command(&binaries.program("pg_ctl"), owner, &root)

@@ -15,7 +15,11 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
+pub use localpg;
 pub use localpg::test_database;
+
+pub mod scrape;
+pub mod tls;
 
 pub const ISSUER: &str = "todo-auth";
 pub const AUDIENCE: &str = "todo";
@@ -61,9 +65,14 @@ pub fn token_config() -> TokenConfig {
 }
 
 pub fn auth_config(db: &TestDatabase) -> auth_service::AuthConfig {
+    auth_config_with(db_config(db))
+}
+
+/// The test settings of auth-service over a database of the caller's choosing.
+pub fn auth_config_with(db: DbConfig) -> auth_service::AuthConfig {
     auth_service::AuthConfig {
         addr: "127.0.0.1:0".parse().expect("a valid address"),
-        db: db_config(db),
+        db,
         token: token_config(),
         drain_timeout: Duration::from_secs(2),
         signing_key_file: None,
@@ -77,6 +86,7 @@ pub fn auth_config(db: &TestDatabase) -> auth_service::AuthConfig {
             window: Duration::from_secs(900),
         },
         cors_allowed_origins: Default::default(),
+        endpoint: Default::default(),
     }
 }
 
@@ -90,6 +100,7 @@ pub fn task_config(db: &TestDatabase) -> task_service::TaskConfig {
         sync_retention: Duration::from_secs(45 * 86_400),
         watch: task_service::sync::watch::WatchSettings { buffer: 256, slow_reader: Duration::from_secs(10) },
         cors_allowed_origins: Default::default(),
+        endpoint: Default::default(),
     }
 }
 
