@@ -52,8 +52,11 @@ pub async fn serve(
     let issuer = Arc::new(tokens::TokenIssuer::new(key, config.token.clone(), config.access_token_ttl));
     let keyring = KeyRing::load(pool.clone()).await;
     let hasher = passwords::PasswordHasher::new(config.bcrypt_cost).await?;
-    let extras =
-        todo_shared::grpc_server::ServeExtras { endpoint: config.endpoint.clone(), gauges: password_gauges(&hasher) };
+    let extras = todo_shared::grpc_server::ServeExtras {
+        endpoint: config.endpoint.clone(),
+        gauges: password_gauges(&hasher),
+        cors: config.cors_allowed_origins.clone(),
+    };
     let api = service::AuthApi {
         pool: pool.clone(),
         hasher,
@@ -71,7 +74,6 @@ pub async fn serve(
         pool.clone(),
         &[SERVICE_NAME],
         config.drain_timeout,
-        &config.cors_allowed_origins,
         extras,
         shutdown,
     )

@@ -19,6 +19,8 @@ use tonic_health::ServingStatus;
 pub struct ServeExtras {
     pub endpoint: EndpointConfig,
     pub gauges: Vec<SampledGauge>,
+    /// Browser origins allowed to call over gRPC-Web.
+    pub cors: crate::grpc_web::CorsOrigins,
 }
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then lets in-flight calls finish for
@@ -30,7 +32,6 @@ pub async fn serve(
     pool: PgPool,
     services: &'static [&'static str],
     drain: Duration,
-    cors: &crate::grpc_web::CorsOrigins,
     extras: ServeExtras,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
@@ -82,7 +83,7 @@ pub async fn serve(
     let in_flight = InFlight::default();
     let server = builder
         .accept_http1(true) // gRPC-Web from browsers
-        .layer(crate::grpc_web::layer(cors))
+        .layer(crate::grpc_web::layer(&extras.cors))
         .layer(AccessLogLayer(in_flight.clone(), metrics))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

@@ -65,8 +65,11 @@ pub async fn serve(
         pool.clone(),
         &[SERVICE_NAME],
         config.drain_timeout,
-        &config.cors_allowed_origins,
-        todo_shared::grpc_server::ServeExtras { endpoint: config.endpoint.clone(), gauges: Vec::new() },
+        todo_shared::grpc_server::ServeExtras {
+            endpoint: config.endpoint.clone(),
+            gauges: Vec::new(),
+            cors: config.cors_allowed_origins.clone(),
+        },
         shutdown,
     )
     .await;
