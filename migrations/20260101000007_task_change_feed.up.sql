@@ -14,12 +14,21 @@
 --
 -- Neither table references users: the cascade of an account deletion runs the tasks trigger
 -- after the user row is gone. Feeds of deleted accounts are removed by task-service's pruning.
+--
+-- Live streams learn that a feed moved by polling `changed_xid` (the last writer's transaction id)
+-- from below the oldest transaction that was still running at the previous poll, which finds
+-- every feed changed by a transaction that had not finished then. No NOTIFY: a notifying
+-- transaction holds a database-wide lock through its commit, which would make every task write
+-- commit one after another.
 
 CREATE TABLE task_feeds (
     user_id UUID PRIMARY KEY,
     seq BIGINT NOT NULL DEFAULT 0,
-    pruned_seq BIGINT NOT NULL DEFAULT 0
-) WITH (fillfactor = 50); -- updated on every write: room for HOT updates
+    pruned_seq BIGINT NOT NULL DEFAULT 0,
+    changed_xid XID8 NOT NULL DEFAULT pg_current_xact_id()
+) WITH (fillfactor = 50); -- updated on every write: room on the page for the new row versions
+
+CREATE INDEX idx_task_feeds_changed_xid ON task_feeds(changed_xid);
 
 CREATE TABLE task_versions (
     user_id UUID NOT NULL,
@@ -47,7 +56,7 @@ SELECT user_id, max(seq) FROM task_versions GROUP BY user_id;
 CREATE FUNCTION next_task_change(p_user_id UUID) RETURNS BIGINT
 LANGUAGE sql AS $$
     INSERT INTO task_feeds (user_id, seq) VALUES (p_user_id, 1)
-    ON CONFLICT (user_id) DO UPDATE SET seq = task_feeds.seq + 1
+    ON CONFLICT (user_id) DO UPDATE SET seq = task_feeds.seq + 1, changed_xid = pg_current_xact_id()
     RETURNING seq;
 $$;
 
@@ -63,7 +72,6 @@ BEGIN
         INSERT INTO task_versions (user_id, task_id, seq, created_seq, deleted_at)
         VALUES (OLD.user_id, OLD.id, change, change, now())
         ON CONFLICT (user_id, task_id) DO UPDATE SET seq = EXCLUDED.seq, deleted_at = EXCLUDED.deleted_at;
-        PERFORM pg_notify('task_changes', OLD.user_id::text);
     END IF;
     IF TG_OP = 'INSERT' OR TG_OP = 'UPDATE' THEN
         change := next_task_change(NEW.user_id);
@@ -74,8 +82,6 @@ BEGIN
             created_seq = CASE WHEN TG_OP = 'INSERT' OR moved OR task_versions.deleted_at IS NOT NULL
                                THEN EXCLUDED.created_seq ELSE task_versions.created_seq END,
             deleted_at = NULL;
-        -- Delivered at commit; several changes of one user in a transaction make one notification.
-        PERFORM pg_notify('task_changes', NEW.user_id::text);
     END IF;
     RETURN NULL;
 END;
@@ -85,13 +91,12 @@ CREATE TRIGGER trg_tasks_change_feed AFTER INSERT OR UPDATE OR DELETE ON tasks
     FOR EACH ROW EXECUTE FUNCTION record_task_change();
 
 -- TRUNCATE fires no row triggers: instead every feed starts over, so every client syncs again
--- from the start (its cursor falls below pruned_seq), and every stream is told at once.
+-- from the start (its cursor falls below pruned_seq), and every stream looks at once.
 CREATE FUNCTION reset_task_feeds() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE task_feeds SET seq = seq + 1, pruned_seq = seq + 1;
+    UPDATE task_feeds SET seq = seq + 1, pruned_seq = seq + 1, changed_xid = pg_current_xact_id();
     DELETE FROM task_versions;
-    PERFORM pg_notify('task_changes', '*');
     RETURN NULL;
 END;
 $$;

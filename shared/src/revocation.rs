@@ -24,9 +24,7 @@ use uuid::Uuid;
 
 const SESSION_REVOKED: &str = "session_revoked";
 const SIGNING_KEYS_CHANGED: &str = "signing_keys_changed";
-/// Sent through the main pool every second while the revocation listener is live; other listeners
-/// (the change feed) also take hearing it as proof that their connection delivers notifications.
-pub const HEARTBEAT: &str = "revocation_heartbeat";
+const HEARTBEAT: &str = "revocation_heartbeat";
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// With nothing heard for this long, the list is not trusted and the connection is replaced.
 const HEARTBEAT_STALE: Duration = Duration::from_secs(3);

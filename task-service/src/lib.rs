@@ -44,7 +44,7 @@ pub async fn serve(
     let listener_task = revocations.spawn_listener(keyring.clone());
     let authenticator = Arc::new(Authenticator { verifier: TokenVerifier::new(keyring, &config.token), revocations });
     let hub = Hub::new();
-    let hub_task = hub.spawn_listener(&pool);
+    let hub_task = hub.spawn_poller(&pool);
     let pruning = spawn_pruning(pool.clone(), config.sync_retention);
     let api = TaskServiceServer::new(service::TaskApi {
         pool: pool.clone(),

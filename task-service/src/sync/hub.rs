@@ -1,33 +1,33 @@
 //! Waking the WatchTasks streams of a user when that user's tasks change, on every instance.
 //!
-//! The change-feed trigger NOTIFYs `task_changes` with the user id when a change commits (`*`
-//! when every feed starts over). One connection per instance LISTENs and wakes that user's
-//! streams here; each stream then reads the feed itself, from its own position, so a
-//! notification carries no data and a lost or merged one loses nothing as long as some wake-up
-//! follows. The listener is trusted only while it also hears the revocation heartbeat (sent every
-//! second through the main pool): otherwise streams read the feed every second instead, and after
-//! a reconnect every stream is woken once, since notifications in the gap are lost.
+//! Every change to a user's tasks updates the user's row in `task_feeds`, stamping it with the
+//! writer's transaction id (`changed_xid`). One task per instance polls, every 50 ms, for the
+//! feeds stamped at or above the oldest transaction that was still running at its previous poll:
+//! every transaction below that had finished by then, so its changes were visible to that poll,
+//! and none is skipped however late it commits. The poll wakes the streams of the users it finds;
+//! each stream then reads the feed from its own position, so a wake-up carries no data and an
+//! extra one costs a query that finds nothing. (NOTIFY would wake sooner, but a notifying
+//! transaction holds a database-wide lock through its commit: every task write would commit one
+//! after another.)
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use todo_shared::in_flight::InFlight;
-use todo_shared::revocation::HEARTBEAT;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-const TASK_CHANGES: &str = "task_changes";
-/// With nothing heard for this long (heartbeats included), the connection is not trusted.
+/// How often an instance looks for changed feeds: the latency of a live change, at most.
+const POLL: Duration = Duration::from_millis(50);
+/// With no successful poll for this long, streams read their feeds every second themselves.
 const STALE: Duration = Duration::from_secs(3);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct Hub {
     /// A counter per user with open streams, bumped on each notification for that user.
     users: Mutex<HashMap<Uuid, watch::Sender<u64>>>,
-    /// Bumped when every stream must look (a feed reset, a reconnect).
+    /// Bumped when every stream must look (after polls failed).
     everyone: watch::Sender<u64>,
     /// Set when the server starts to stop.
     closing: watch::Sender<bool>,
@@ -106,7 +106,7 @@ impl Hub {
         }
     }
 
-    /// Whether notifications are being heard; if not, streams read the feed every second.
+    /// Whether the poll is running; if not, streams read the feed every second.
     pub fn is_live(&self) -> bool {
         self.live.load(Ordering::Acquire)
             && self.last_heard.lock().expect("hub lock is never poisoned: no panics inside").elapsed() < STALE
@@ -118,65 +118,63 @@ impl Hub {
         let _ = tokio::time::timeout(wait, self.open_streams.idle()).await;
     }
 
-    fn wake(&self, payload: &str) {
-        match payload.parse::<Uuid>() {
-            Ok(user_id) => {
-                if let Some(tx) = self.users.lock().expect("hub lock is never poisoned: no panics inside").get(&user_id)
-                {
-                    tx.send_modify(|n| *n += 1);
-                }
-            }
-            Err(_) => self.wake_everyone(),
-        }
-    }
-
     fn wake_everyone(&self) {
         self.everyone.send_modify(|n| *n += 1);
     }
 
-    /// Keeps listening until the task is aborted, reconnecting with backoff.
-    pub fn spawn_listener(self: &Arc<Self>, pool: &PgPool) -> tokio::task::JoinHandle<()> {
-        let this = self.clone();
-        // Its own connection, held for good, outside the pool that serves calls.
-        let listener_pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy_with((*pool.connect_options()).clone());
+    /// Polls until the task is aborted.
+    pub fn spawn_poller(self: &Arc<Self>, pool: &PgPool) -> tokio::task::JoinHandle<()> {
+        let (this, pool) = (self.clone(), pool.clone());
         tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
+            let mut every = tokio::time::interval(POLL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The oldest transaction running at the previous poll; None until the first.
+            let mut horizon: Option<String> = None;
+            // As if failing before the first poll: streams that began before it look once after.
+            let mut failing = true;
             loop {
-                let started = Instant::now();
-                if let Err(e) = this.listen(&listener_pool).await {
-                    tracing::warn!(error = %e, "change-feed listener failed; streams read the feed every second");
+                every.tick().await;
+                match this.poll(&pool, horizon.as_deref()).await {
+                    Ok(next) => {
+                        horizon = Some(next);
+                        *this.last_heard.lock().expect("hub lock is never poisoned: no panics inside") = Instant::now();
+                        this.live.store(true, Ordering::Release);
+                        if failing {
+                            // Changes may have been missed while the polls failed: everyone looks.
+                            failing = false;
+                            this.wake_everyone();
+                        }
+                    }
+                    Err(e) => {
+                        if !failing || horizon.is_none() {
+                            tracing::warn!(error = %e, "change-feed poll failed; streams read their feeds every second");
+                        }
+                        failing = true;
+                        this.live.store(false, Ordering::Release);
+                    }
                 }
-                this.live.store(false, Ordering::Release);
-                if started.elapsed() > MAX_BACKOFF * 2 {
-                    backoff = Duration::from_millis(100);
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         })
     }
 
-    async fn listen(&self, listener_pool: &PgPool) -> Result<(), sqlx::Error> {
-        let mut listener = PgListener::connect_with(listener_pool).await?;
-        listener.listen_all([TASK_CHANGES, HEARTBEAT]).await?;
-        *self.last_heard.lock().expect("hub lock is never poisoned: no panics inside") = Instant::now();
-        self.live.store(true, Ordering::Release);
-        // Changes committed while no one listened: every stream looks once.
-        self.wake_everyone();
-        tracing::info!("change-feed listener live");
-        loop {
-            let Ok(received) = tokio::time::timeout(STALE, listener.try_recv()).await else {
-                tracing::warn!("change-feed listener heard nothing for {STALE:?}, heartbeats included");
-                return Ok(());
-            };
-            let Some(notification) = received? else { return Ok(()) };
-            *self.last_heard.lock().expect("hub lock is never poisoned: no panics inside") = Instant::now();
-            if notification.channel() == TASK_CHANGES {
-                self.wake(notification.payload());
+    /// One poll: wakes the users whose feeds were stamped at or after `horizon`, and returns the
+    /// horizon for the next poll (read in the same snapshot).
+    async fn poll(&self, pool: &PgPool, horizon: Option<&str>) -> Result<String, sqlx::Error> {
+        let rows: Vec<(String, Option<Uuid>)> = sqlx::query_as(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, f.user_id
+             FROM (SELECT 1) one
+             LEFT JOIN task_feeds f ON $1::text IS NOT NULL AND f.changed_xid >= $1::text::xid8",
+        )
+        .bind(horizon)
+        .fetch_all(pool)
+        .await?;
+        let next = rows.first().map(|(h, _)| h.clone()).unwrap_or_default();
+        let users = self.users.lock().expect("hub lock is never poisoned: no panics inside");
+        for user_id in rows.iter().filter_map(|(_, user)| *user) {
+            if let Some(tx) = users.get(&user_id) {
+                tx.send_modify(|n| *n += 1);
             }
         }
+        Ok(next)
     }
 }
