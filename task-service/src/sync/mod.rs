@@ -2,7 +2,7 @@
 //!
 //! - `feed`: the SQL of the feed that migration 0007's trigger keeps for every change to tasks.
 //! - `token`: the opaque sync token, a position in the caller's feed.
-//! - `hub`: LISTEN on one connection per instance, waking the streams of the user that changed.
+//! - `hub`: one poll per instance every 50 ms, waking the streams of the users whose feeds moved.
 //! - `watch`: one stream's task and its bounded buffer.
 //!
 //! A position n means "the client has every change numbered n or below". The feed keeps one
