@@ -19,7 +19,7 @@ use todo_shared::status::{TASK_DOMAIN, with_reason};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Status};
 
-/// How often a stream re-checks its token, and reads the feed when notifications are not heard.
+/// How often a stream re-checks its token, and reads the feed itself while the hub is not polling.
 const TICK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
