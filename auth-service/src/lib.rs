@@ -34,7 +34,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(db = ?config.db, "starting auth-service");
-    let pool = todo_shared::db::prepare(&config.db).await?;
+    let pool = todo_shared::db::pool(&config.db)?;
     let key = match &config.signing_key_file {
         Some(path) => signing_key::TokenSigningKey::from_file(path)?,
         None => {
@@ -45,29 +45,41 @@ pub async fn serve(
             signing_key::TokenSigningKey::generate()?
         }
     };
-    key.register(&pool).await.context("registering the signing key")?;
-    tracing::info!(kid = %key.kid, "signing access tokens");
 
     let ephemeral = key.ephemeral;
     let issuer = Arc::new(tokens::TokenIssuer::new(key, config.token.clone(), config.access_token_ttl));
-    let keyring = KeyRing::load(pool.clone()).await;
+    let keyring = Arc::new(KeyRing::new(pool.clone()));
     let api = service::AuthApi {
         pool: pool.clone(),
         hasher: passwords::PasswordHasher::new(config.bcrypt_cost).await?,
         issuer: issuer.clone(),
-        verifier: Arc::new(TokenVerifier::new(keyring, &config.token)),
+        verifier: Arc::new(TokenVerifier::new(keyring.clone(), &config.token)),
         refresh_ttl: config.refresh_token_ttl,
         refresh_reuse_grace: config.refresh_reuse_grace,
         throttle: throttle::LoginThrottle::new(pool.clone(), config.throttle.clone()),
     };
     let pruner = housekeeping::spawn(pool.clone(), config.throttle.window);
     let routes = tonic::service::Routes::new(AuthServiceServer::new(api));
+    // Waits for the database as long as it takes; only a retired key ends the wait.
+    let startup = {
+        let (pool, db, keyring, issuer) = (pool.clone(), config.db.clone(), keyring.clone(), issuer.clone());
+        Box::pin(async move {
+            todo_shared::db::migrate_when_ready(&pool, &db).await?;
+            let key = issuer.key();
+            todo_shared::startup::until_database_ready(&pool, "registering the signing key", || key.register(&pool))
+                .await?;
+            tracing::info!(kid = %key.kid, "signing access tokens");
+            keyring.reload().await.context("loading the verification keys")?;
+            Ok(())
+        })
+    };
     let served = todo_shared::grpc_server::serve(
         listener,
         routes,
         pool.clone(),
         &[SERVICE_NAME],
         config.drain_timeout,
+        startup,
         shutdown,
     )
     .await;

@@ -29,14 +29,17 @@ pub fn pool(config: &DbConfig) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(options))
 }
 
-/// The pool a service runs on, with the migrations applied first when RUN_MIGRATIONS says so.
-pub async fn prepare(config: &DbConfig) -> anyhow::Result<PgPool> {
-    let pool = pool(config)?;
+/// Applies the migrations when RUN_MIGRATIONS says so, waiting for the database as long as it
+/// takes (see `startup`).
+pub async fn migrate_when_ready(pool: &PgPool, config: &DbConfig) -> anyhow::Result<()> {
     if config.run_migrations {
         use anyhow::Context;
-        migrate(&pool).await.context("applying migrations")?;
+        crate::startup::until_database_ready(pool, "applying migrations", || async {
+            migrate(pool).await.context("applying migrations")
+        })
+        .await?;
     }
-    Ok(pool)
+    Ok(())
 }
 
 /// Applies pending migrations. sqlx holds a PostgreSQL advisory lock while it migrates, so

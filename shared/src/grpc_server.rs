@@ -3,6 +3,7 @@
 
 use crate::access_log::AccessLogLayer;
 use crate::in_flight::InFlight;
+use crate::startup::{Ready, Startup, StartupGateLayer};
 use sqlx::PgPool;
 use std::future::Future;
 use std::time::Duration;
@@ -15,17 +16,37 @@ use tonic_health::ServingStatus;
 /// Serves `routes` on `listener` until `shutdown` resolves, then lets in-flight calls finish for
 /// at most `drain`; calls still open then (long streams such as health Watch) are cut.
 /// `services` are the fully qualified names reported by the health service.
+///
+/// The port answers at once; `startup` (migrations, key registration: waiting for the database
+/// as long as it takes) runs meanwhile, with health NOT_SERVING and the service's own calls
+/// refused with UNAVAILABLE. When it succeeds health follows the database; when it fails the
+/// server stops and its error is returned.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     pool: PgPool,
     services: &'static [&'static str],
     drain: Duration,
+    startup: Startup,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     crate::health::set_all(&reporter, services, ServingStatus::NotServing).await;
-    let probe = crate::health::spawn_database_probe(pool, reporter.clone(), services);
+    let ready = Ready::default();
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    let background = {
+        let (ready, reporter) = (ready.clone(), reporter.clone());
+        tokio::spawn(async move {
+            if let Err(e) = ready.scope(startup).await {
+                let _ = failed_tx.send(e);
+                return;
+            }
+            ready.set();
+            tracing::info!("start-up done: serving calls");
+            crate::health::probe_database(pool, reporter, services).await
+        })
+    };
+    let failure = std::sync::Arc::new(std::sync::Mutex::new(None::<anyhow::Error>));
 
     // The error detail messages (ErrorInfo, BadRequest) are registered too, so that grpcurl
     // can print them; only this server's own services are listed.
@@ -45,10 +66,17 @@ pub async fn serve(
     let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
 
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let failed = failure.clone();
     let shutdown = async move {
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            Ok(e) = failed_rx => {
+                tracing::error!(error = %format!("{e:#}"), "start-up failed: stopping");
+                *failed.lock().expect("no panics while holding this lock") = Some(e);
+            }
+        }
         tracing::info!(?drain, "shutting down: health NOT_SERVING, draining in-flight calls");
-        probe.abort();
+        background.abort();
         crate::health::set_all(&reporter, services, ServingStatus::NotServing).await;
         let _ = draining_tx.send(());
     };
@@ -57,6 +85,7 @@ pub async fn serve(
     let in_flight = InFlight::default();
     let server = Server::builder()
         .layer(AccessLogLayer(in_flight.clone()))
+        .layer(StartupGateLayer { ready, domain: domain_of(services) })
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_routes(routes)
@@ -86,7 +115,18 @@ pub async fn serve(
         _ = drained => {}
     }
     tracing::info!("stopped");
-    Ok(())
+    match failure.lock().expect("no panics while holding this lock").take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The ErrorInfo domain of a service name: "todo.task" for "todo.task.v1.TaskService".
+fn domain_of(services: &[&str]) -> &'static str {
+    match services.first() {
+        Some(name) if name.starts_with("todo.auth.") => crate::status::AUTH_DOMAIN,
+        _ => crate::status::TASK_DOMAIN,
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM: what the binaries pass as their shutdown future.

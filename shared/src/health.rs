@@ -27,22 +27,25 @@ pub fn spawn_database_probe(
     reporter: HealthReporter,
     services: &'static [&'static str],
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut last = None;
-        loop {
-            let status = if database_answers(&pool).await { ServingStatus::Serving } else { ServingStatus::NotServing };
-            if last != Some(status) {
-                if status == ServingStatus::NotServing {
-                    tracing::warn!("database not answering: health is NOT_SERVING");
-                } else {
-                    tracing::info!("database answering: health is SERVING");
-                }
-                set_all(&reporter, services, status).await;
-                last = Some(status);
+    tokio::spawn(probe_database(pool, reporter, services))
+}
+
+/// The probe loop itself, for callers that run it inside a task of their own.
+pub async fn probe_database(pool: PgPool, reporter: HealthReporter, services: &'static [&'static str]) {
+    let mut last = None;
+    loop {
+        let status = if database_answers(&pool).await { ServingStatus::Serving } else { ServingStatus::NotServing };
+        if last != Some(status) {
+            if status == ServingStatus::NotServing {
+                tracing::warn!("database not answering: health is NOT_SERVING");
+            } else {
+                tracing::info!("database answering: health is SERVING");
             }
-            tokio::time::sleep(PROBE_INTERVAL).await;
+            set_all(&reporter, services, status).await;
+            last = Some(status);
         }
-    })
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
 }
 
 /// The `healthcheck` subcommand of the binaries (for container health checks without extra

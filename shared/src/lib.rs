@@ -13,6 +13,7 @@ pub mod keyring;
 pub mod proto_time;
 pub mod revocation;
 pub mod service_main;
+pub mod startup;
 pub mod status;
 pub mod telemetry;
 pub mod token;

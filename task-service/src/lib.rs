@@ -34,20 +34,33 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(db = ?config.db, "starting task-service");
-    let pool = todo_shared::db::prepare(&config.db).await?;
-    let keyring = KeyRing::load(pool.clone()).await;
+    let pool = todo_shared::db::pool(&config.db)?;
+    let keyring = Arc::new(KeyRing::new(pool.clone()));
     // Until the listener is live, sessions are checked in the database per call.
     let revocations = Revocations::new(pool.clone(), config.revocation_window);
     let listener_task = revocations.spawn_listener(keyring.clone());
-    let authenticator = Arc::new(Authenticator { verifier: TokenVerifier::new(keyring, &config.token), revocations });
+    let authenticator =
+        Arc::new(Authenticator { verifier: TokenVerifier::new(keyring.clone(), &config.token), revocations });
     let api = TaskServiceServer::new(service::TaskApi { pool: pool.clone() });
     let routes = tonic::service::Routes::new(RequireCaller::new(api, authenticator, TASK_DOMAIN));
+    // Waits for the database as long as it takes; keys load on first use if this load fails.
+    let startup = {
+        let (pool, db) = (pool.clone(), config.db.clone());
+        Box::pin(async move {
+            todo_shared::db::migrate_when_ready(&pool, &db).await?;
+            if let Err(e) = keyring.reload().await {
+                tracing::warn!(error = %e, "could not load verification keys yet; will retry on first use");
+            }
+            Ok(())
+        })
+    };
     let served = todo_shared::grpc_server::serve(
         listener,
         routes,
         pool.clone(),
         &[SERVICE_NAME],
         config.drain_timeout,
+        startup,
         shutdown,
     )
     .await;

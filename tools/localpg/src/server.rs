@@ -26,6 +26,7 @@ pub struct PrivatePostgres {
     password: String,
     owner: Option<(u32, u32)>,
     guardian: Option<Child>,
+    durability: Durability,
 }
 
 const SUPERUSER: &str = "postgres";
@@ -76,24 +77,44 @@ impl PrivatePostgres {
             .status();
 
         let port = free_port()?;
+        let mut server = Self { binaries, root, port, password, owner, guardian: None, durability };
+        server.resume()?;
+        server.guardian = Some(spawn_guardian(&server.binaries, owner, &server.root, &data, remove_on_exit)?);
+        Ok(server)
+    }
+
+    /// Starts the server again after `pause`, on the same port with the same data.
+    pub fn resume(&mut self) -> Result<(), String> {
+        let port = self.port;
         let mut options =
             format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=300");
-        if durability == Durability::Throwaway {
+        if self.durability == Durability::Throwaway {
             options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }
         run(
-            command(&binaries.program("pg_ctl"), owner, &root)
+            command(&self.binaries.program("pg_ctl"), self.owner, &self.root)
                 .arg("-D")
-                .arg(&data)
+                .arg(self.root.join("data"))
                 .arg("-l")
-                .arg(root.join("server.log"))
+                .arg(self.root.join("server.log"))
                 .args(["-o", &options, "-w", "-t", "60", "start"])
                 .stdout(Stdio::null()),
             "pg_ctl start",
-        )?;
+        )
+    }
 
-        let guardian = spawn_guardian(&binaries, owner, &root, &data, remove_on_exit)?;
-        Ok(Self { binaries, root, port, password, owner, guardian: Some(guardian) })
+    /// Stops the server (an outage, for fault tests) without giving it up: `resume` starts it
+    /// again. `mode` is pg_ctl's shutdown mode: "fast" (clients are disconnected, a clean
+    /// checkpoint) or "immediate" (as if the machine lost power, minus the lost page cache).
+    pub fn pause(&mut self, mode: &str) -> Result<(), String> {
+        run(
+            command(&self.binaries.program("pg_ctl"), self.owner, &self.root)
+                .arg("-D")
+                .arg(self.root.join("data"))
+                .args(["stop", "-m", mode, "-w", "-t", "60"])
+                .stdout(Stdio::null()),
+            "pg_ctl stop",
+        )
     }
 
     pub fn port(&self) -> u16 {

@@ -37,6 +37,11 @@ impl RunningServer {
         }
         self.handle.take().expect("stop is called once").await.expect("the server task does not panic")
     }
+
+    /// Waits until the server returns by itself (a failed start), without asking it to stop.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        self.handle.take().expect("wait is called once").await.expect("the server task does not panic")
+    }
 }
 
 impl Drop for RunningServer {
@@ -48,8 +53,13 @@ impl Drop for RunningServer {
 }
 
 pub fn db_config(db: &TestDatabase) -> DbConfig {
+    db_config_for(&db.url)
+}
+
+/// Settings for a database at `url` that is already migrated.
+pub fn db_config_for(url: &str) -> DbConfig {
     DbConfig {
-        url: SecretString::from(db.url.clone()),
+        url: SecretString::from(url.to_string()),
         max_connections: 5,
         statement_cache: true,
         run_migrations: false,
@@ -61,9 +71,13 @@ pub fn token_config() -> TokenConfig {
 }
 
 pub fn auth_config(db: &TestDatabase) -> auth_service::AuthConfig {
+    auth_config_with(db_config(db))
+}
+
+pub fn auth_config_with(db: DbConfig) -> auth_service::AuthConfig {
     auth_service::AuthConfig {
         addr: "127.0.0.1:0".parse().expect("a valid address"),
-        db: db_config(db),
+        db,
         token: token_config(),
         drain_timeout: Duration::from_secs(2),
         signing_key_file: None,
@@ -80,9 +94,13 @@ pub fn auth_config(db: &TestDatabase) -> auth_service::AuthConfig {
 }
 
 pub fn task_config(db: &TestDatabase) -> task_service::TaskConfig {
+    task_config_with(db_config(db))
+}
+
+pub fn task_config_with(db: DbConfig) -> task_service::TaskConfig {
     task_service::TaskConfig {
         addr: "127.0.0.1:0".parse().expect("a valid address"),
-        db: db_config(db),
+        db,
         token: token_config(),
         drain_timeout: Duration::from_secs(2),
         revocation_window: Duration::from_secs(86_400),
