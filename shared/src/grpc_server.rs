@@ -43,7 +43,7 @@ pub async fn serve(
             }
             ready.set();
             tracing::info!("start-up done: serving calls");
-            crate::health::probe_database(pool, reporter, services).await
+            crate::health::probe_database(pool, reporter, services, ready).await
         })
     };
     let failure = std::sync::Arc::new(std::sync::Mutex::new(None::<anyhow::Error>));

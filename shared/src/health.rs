@@ -5,8 +5,16 @@ use std::time::Duration;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+/// How often the database is probed while it answers; each probe may take `PROBE_TIMEOUT`, so
+/// an outage shows within about two seconds.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// While it does not answer, probes follow each other closely: the service serves again within
+/// moments of the database's return.
+const PROBE_INTERVAL_WHILE_DOWN: Duration = Duration::from_millis(200);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connecting may take longer than a query (TLS, SCRAM on a busy machine); a refused
+/// connection fails at once anyway.
+const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sets the overall status ("") and each named service's status.
 pub async fn set_all(reporter: &HealthReporter, services: &[&'static str], status: ServingStatus) {
@@ -27,25 +35,57 @@ pub fn spawn_database_probe(
     reporter: HealthReporter,
     services: &'static [&'static str],
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(probe_database(pool, reporter, services))
+    tokio::spawn(probe_database(pool, reporter, services, crate::startup::Ready::default()))
 }
 
-/// The probe loop itself, for callers that run it inside a task of their own.
-pub async fn probe_database(pool: PgPool, reporter: HealthReporter, services: &'static [&'static str]) {
+/// The probe loop itself, for callers that run it inside a task of their own. It tells `ready`
+/// too, so that calls are refused at once while the database is known to be away instead of
+/// each waiting out the pool's acquire timeout.
+pub async fn probe_database(
+    pool: PgPool,
+    reporter: HealthReporter,
+    services: &'static [&'static str],
+    ready: crate::startup::Ready,
+) {
+    // A connection of its own, not the pool's: a pool busy with slow calls is not an outage,
+    // and a single connect attempt tells "refused" at once where the pool would retry.
+    let options = (*pool.connect_options()).clone();
+    let mut connection: Option<sqlx::PgConnection> = None;
     let mut last = None;
     loop {
-        let status = if database_answers(&pool).await { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let answers = probe_once(&options, &mut connection).await;
+        let status = if answers { ServingStatus::Serving } else { ServingStatus::NotServing };
         if last != Some(status) {
-            if status == ServingStatus::NotServing {
-                tracing::warn!("database not answering: health is NOT_SERVING");
-            } else {
+            if answers {
                 tracing::info!("database answering: health is SERVING");
+            } else {
+                tracing::warn!("database not answering: health is NOT_SERVING, calls are refused with UNAVAILABLE");
             }
+            ready.set_database_down(!answers);
             set_all(&reporter, services, status).await;
             last = Some(status);
         }
-        tokio::time::sleep(PROBE_INTERVAL).await;
+        tokio::time::sleep(if answers { PROBE_INTERVAL } else { PROBE_INTERVAL_WHILE_DOWN }).await;
     }
+}
+
+/// One probe: connect if needed, then `SELECT 1` within `PROBE_TIMEOUT`; a failed connection
+/// is dropped so that the next probe connects afresh.
+async fn probe_once(options: &sqlx::postgres::PgConnectOptions, connection: &mut Option<sqlx::PgConnection>) -> bool {
+    use sqlx::Connection;
+    if connection.is_none() {
+        match tokio::time::timeout(PROBE_CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(options)).await {
+            Ok(Ok(fresh)) => *connection = Some(fresh),
+            _ => return false,
+        }
+    }
+    let Some(conn) = connection.as_mut() else { return false };
+    let answered =
+        matches!(tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(conn)).await, Ok(Ok(_)));
+    if !answered {
+        *connection = None;
+    }
+    answered
 }
 
 /// The `healthcheck` subcommand of the binaries (for container health checks without extra

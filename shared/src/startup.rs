@@ -8,7 +8,7 @@ use futures_util::future::Either;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -99,12 +99,18 @@ tokio::task_local! {
 #[derive(Clone)]
 pub struct Ready {
     state: Arc<AtomicU8>,
+    /// Set by the health probe after start-up while the database does not answer.
+    database_down: Arc<AtomicBool>,
     changed: Arc<tokio::sync::watch::Sender<u8>>,
 }
 
 impl Default for Ready {
     fn default() -> Self {
-        Self { state: Arc::default(), changed: Arc::new(tokio::sync::watch::channel(STARTING).0) }
+        Self {
+            state: Arc::default(),
+            database_down: Arc::default(),
+            changed: Arc::new(tokio::sync::watch::channel(STARTING).0),
+        }
     }
 }
 
@@ -120,6 +126,15 @@ impl Ready {
 
     pub fn get(&self) -> bool {
         self.state.load(Ordering::Acquire) == READY
+    }
+
+    pub fn set_database_down(&self, down: bool) {
+        self.database_down.store(down, Ordering::Release);
+    }
+
+    /// Started, and the database answered the last probe.
+    fn serving(&self) -> bool {
+        self.get() && !self.database_down.load(Ordering::Acquire)
     }
 
     /// Runs `startup` so that `until_database_ready` inside it can report an unreachable database.
@@ -179,24 +194,28 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
-        if self.ready.get() || path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
+        if self.ready.serving() || path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
             return Either::Left(self.inner.call(request));
+        }
+        let (ready, domain) = (self.ready.clone(), self.domain);
+        if ready.get() {
+            // Started, but the probe finds the database away: no call could succeed.
+            return Either::Right(Box::pin(async move {
+                Ok(unavailable(domain, "the database is unavailable; retry later"))
+            }));
         }
         // The clone that was made ready serves this call; the fresh one stays for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let (ready, domain) = (self.ready.clone(), self.domain);
         Either::Right(Box::pin(async move {
             if ready.wait(CALL_WAITS_FOR_START).await {
                 return inner.call(request).await;
             }
-            let status = crate::status::with_reason(
-                tonic::Code::Unavailable,
-                domain,
-                "DATABASE_UNAVAILABLE",
-                "the service is starting and the database is not reachable yet; retry later",
-            );
-            Ok(status.into_http())
+            Ok(unavailable(domain, "the service is starting and the database is not reachable yet; retry later"))
         }))
     }
+}
+
+fn unavailable<R: Default>(domain: &str, message: &str) -> http::Response<R> {
+    crate::status::with_reason(tonic::Code::Unavailable, domain, "DATABASE_UNAVAILABLE", message).into_http()
 }
