@@ -34,6 +34,8 @@ struct Outcome {
 }
 
 type Log = Arc<Mutex<Vec<Outcome>>>;
+/// When, which server, what its health said.
+type HealthSample = (Instant, SocketAddr, Option<ServingStatus>);
 
 fn record<T>(
     log: &Log,
@@ -127,7 +129,7 @@ async fn outage(mode: &str) {
             }));
         }
     }
-    let health_log: Arc<Mutex<Vec<(Instant, SocketAddr, Option<ServingStatus>)>>> = Arc::default();
+    let health_log: Arc<Mutex<Vec<HealthSample>>> = Arc::default();
     let watcher = {
         let (stop, health_log) = (stop.clone(), health_log.clone());
         let addrs = [services.auth.addr, services.task.addr];
