@@ -16,8 +16,13 @@ pub fn pool(config: &DbConfig) -> Result<PgPool, sqlx::Error> {
     options =
         options.application_name("todo").log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
     if !config.statement_cache {
-        // PgBouncer in transaction mode may hand each transaction a different server
-        // connection, where a named prepared statement of ours does not exist.
+        // Beware: sqlx 0.9 still prepares a named statement per execution with the cache off,
+        // and never closes it (tools/faults/tests/pgbouncer.rs shows both), so this neither
+        // makes transaction pooling safe nor is free on a direct connection.
+        tracing::warn!(
+            "DB_STATEMENT_CACHE=false: each statement is prepared anew and kept by the server \
+             connection; behind PgBouncer use session mode, or 1.21+ with max_prepared_statements"
+        );
         options = options.statement_cache_capacity(0);
     }
     Ok(PgPoolOptions::new()
@@ -29,15 +34,30 @@ pub fn pool(config: &DbConfig) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(options))
 }
 
+/// Options for a session-capable connection: `DATABASE_DIRECT_URL` when set (behind a pooler in
+/// transaction mode), else the pool's own.
+pub fn direct_options(pool: &PgPool, config: &DbConfig) -> Result<PgConnectOptions, sqlx::Error> {
+    match &config.direct_url {
+        Some(url) => Ok(url.expose_secret().parse::<PgConnectOptions>()?.application_name("todo")),
+        None => Ok((*pool.connect_options()).clone()),
+    }
+}
+
 /// Applies the migrations when RUN_MIGRATIONS says so, waiting for the database as long as it
-/// takes (see `startup`).
+/// takes (see `startup`). They run on a direct connection: sqlx holds a session advisory lock
+/// across them, which a pooler in transaction mode would not keep.
 pub async fn migrate_when_ready(pool: &PgPool, config: &DbConfig) -> anyhow::Result<()> {
     if config.run_migrations {
         use anyhow::Context;
-        crate::startup::until_database_ready(pool, "applying migrations", || async {
-            migrate(pool).await.context("applying migrations")
+        let direct = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy_with(direct_options(pool, config)?);
+        crate::startup::until_database_ready(&direct, "applying migrations", || async {
+            migrate(&direct).await.context("applying migrations")
         })
         .await?;
+        direct.close().await;
     }
     Ok(())
 }

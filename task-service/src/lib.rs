@@ -38,7 +38,8 @@ pub async fn serve(
     let keyring = Arc::new(KeyRing::new(pool.clone()));
     // Until the listener is live, sessions are checked in the database per call.
     let revocations = Revocations::new(pool.clone(), config.revocation_window);
-    let listener_task = revocations.spawn_listener(keyring.clone());
+    let listener_task =
+        revocations.spawn_listener_on(keyring.clone(), todo_shared::db::direct_options(&pool, &config.db)?);
     let authenticator =
         Arc::new(Authenticator { verifier: TokenVerifier::new(keyring.clone(), &config.token), revocations });
     let api = TaskServiceServer::new(service::TaskApi { pool: pool.clone() });

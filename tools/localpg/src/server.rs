@@ -121,6 +121,16 @@ impl PrivatePostgres {
         self.port
     }
 
+    /// The superuser's password (for a pooler's user list).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// The user the server runs as (None: ourselves).
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        self.owner
+    }
+
     /// A URL for `database` as the superuser.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}", self.password, self.port)
@@ -195,7 +205,7 @@ fn write_private(path: &Path, contents: &str, owner: Option<(u32, u32)>) -> Resu
     chown(path, owner)
 }
 
-fn command(program: &Path, owner: Option<(u32, u32)>, cwd: &Path) -> Command {
+pub(crate) fn command(program: &Path, owner: Option<(u32, u32)>, cwd: &Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.current_dir(cwd).env_remove("PGDATA").env_remove("PGPORT");
     // Its own process group: Ctrl-C in a terminal reaches us, and we stop the server in order
@@ -216,7 +226,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
     }
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
     Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }

@@ -52,14 +52,21 @@ impl Drop for RunningServer {
     }
 }
 
+/// Settings for the test's database: through PgBouncer with `TEST_VIA_PGBOUNCER=1` (with a
+/// direct URL for LISTEN and migrations, as the README tells users), else direct.
 pub fn db_config(db: &TestDatabase) -> DbConfig {
-    db_config_for(&db.url)
+    if localpg::test_database::via_pgbouncer() {
+        DbConfig { direct_url: Some(SecretString::from(db.url.clone())), ..db_config_for(&db.service_url) }
+    } else {
+        db_config_for(&db.url)
+    }
 }
 
 /// Settings for a database at `url` that is already migrated.
 pub fn db_config_for(url: &str) -> DbConfig {
     DbConfig {
         url: SecretString::from(url.to_string()),
+        direct_url: None,
         max_connections: 5,
         statement_cache: true,
         run_migrations: false,
