@@ -59,7 +59,9 @@ pub async fn serve(
         throttle: throttle::LoginThrottle::new(pool.clone(), config.throttle.clone()),
     };
     let pruner = housekeeping::spawn(pool.clone(), config.throttle.window);
-    let routes = tonic::service::Routes::new(AuthServiceServer::new(api));
+    let routes = tonic::service::Routes::new(
+        AuthServiceServer::new(api).max_decoding_message_size(todo_shared::grpc_server::MAX_REQUEST_BYTES),
+    );
     // Waits for the database as long as it takes; only a retired key ends the wait.
     let startup = {
         let (pool, db, keyring, issuer) = (pool.clone(), config.db.clone(), keyring.clone(), issuer.clone());

@@ -28,6 +28,12 @@ pub fn pool(config: &DbConfig) -> Result<PgPool, sqlx::Error> {
     Ok(PgPoolOptions::new()
         .max_connections(config.max_connections)
         .min_connections(0)
+        // Each call's connection gets a statement_timeout of the time its client has left, so
+        // PostgreSQL cancels a statement the client no longer waits for. The SET replaces the
+        // liveness test sqlx would otherwise run on an idle connection: same round trip.
+        .test_before_acquire(false)
+        .before_acquire(|conn, _| Box::pin(async move { set_statement_timeout(conn).await.map(|()| true) }))
+        .after_connect(|conn, _| Box::pin(set_statement_timeout(conn)))
         // Fail fast when the database is away instead of holding the caller past its deadline.
         .acquire_timeout(Duration::from_secs(3))
         .idle_timeout(Duration::from_secs(300))
@@ -62,6 +68,18 @@ pub async fn migrate_when_ready(pool: &PgPool, config: &DbConfig) -> anyhow::Res
     Ok(())
 }
 
+/// The statement timeout of a call whose client set no deadline (and of background work).
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn set_statement_timeout(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Executor;
+    let timeout = crate::call_limits::remaining().unwrap_or(DEFAULT_STATEMENT_TIMEOUT);
+    // 0 would mean "no limit"; a call already out of time gets the shortest there is.
+    let millis = timeout.as_millis().clamp(1, DEFAULT_STATEMENT_TIMEOUT.as_millis());
+    // A number we made, formatted into the statement: safe. Simple protocol, one round trip.
+    conn.execute(sqlx::AssertSqlSafe(format!("SET statement_timeout = {millis}"))).await.map(|_| ())
+}
+
 /// Applies pending migrations. sqlx holds a PostgreSQL advisory lock while it migrates, so
 /// several instances starting at once apply each migration exactly once.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
@@ -84,6 +102,12 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
         }),
         _ => false,
     }
+}
+
+/// True when PostgreSQL cancelled the statement for running past its statement_timeout (the
+/// call's deadline).
+pub fn is_deadline(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"))
 }
 
 /// The name of the constraint a database error violated, if any.

@@ -2,6 +2,7 @@
 //! reflection v1 and v1alpha, and a graceful shutdown that turns health NOT_SERVING first.
 
 use crate::access_log::AccessLogLayer;
+use crate::call_limits::CallLimitsLayer;
 use crate::in_flight::InFlight;
 use crate::startup::{Ready, Startup, StartupGateLayer};
 use sqlx::PgPool;
@@ -12,6 +13,14 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
+
+/// The largest request message a service accepts (`max_decoding_message_size`): the biggest
+/// legitimate one (a task with a 255-character title and a 1000-character description) is a
+/// few kilobytes; anything larger is refused with RESOURCE_EXHAUSTED before it is buffered.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Calls one HTTP/2 connection may have open at once (more wait for a slot); one client cannot
+/// take the whole server.
+pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 100;
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then lets in-flight calls finish for
 /// at most `drain`; calls still open then (long streams such as health Watch) are cut.
@@ -85,7 +94,10 @@ pub async fn serve(
     let in_flight = InFlight::default();
     let server = Server::builder()
         .layer(AccessLogLayer(in_flight.clone()))
+        .layer(CallLimitsLayer)
         .layer(StartupGateLayer { ready, domain: domain_of(services) })
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS_PER_CONNECTION)
+        .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS_PER_CONNECTION as usize)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_routes(routes)

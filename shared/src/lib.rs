@@ -3,6 +3,7 @@
 //! reflection wiring, and telemetry.
 
 pub mod access_log;
+pub mod call_limits;
 pub mod caller;
 pub mod config;
 pub mod db;

@@ -42,7 +42,8 @@ pub async fn serve(
         revocations.spawn_listener_on(keyring.clone(), todo_shared::db::direct_options(&pool, &config.db)?);
     let authenticator =
         Arc::new(Authenticator { verifier: TokenVerifier::new(keyring.clone(), &config.token), revocations });
-    let api = TaskServiceServer::new(service::TaskApi { pool: pool.clone() });
+    let api = TaskServiceServer::new(service::TaskApi { pool: pool.clone() })
+        .max_decoding_message_size(todo_shared::grpc_server::MAX_REQUEST_BYTES);
     let routes = tonic::service::Routes::new(RequireCaller::new(api, authenticator, TASK_DOMAIN));
     // Waits for the database as long as it takes; keys load on first use if this load fails.
     let startup = {
