@@ -17,6 +17,8 @@ use tonic_types::StatusExt;
 
 pub use localpg::test_database;
 
+pub mod process;
+
 pub const ISSUER: &str = "todo-auth";
 pub const AUDIENCE: &str = "todo";
 /// bcrypt's minimum: tests exercise the logic, not the cost.
