@@ -131,3 +131,62 @@ async fn sigkill_mid_load_loses_nothing_acknowledged_and_a_restart_serves_at_onc
     assert_eq!(total as usize, outcomes.len(), "one task per request id, no more, no less");
     process.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_load_answers_the_calls_in_flight_and_exits_0() {
+    let db = TestDatabase::new().await;
+    let auth = testkit::spawn_auth(testkit::auth_config(&db)).await;
+    let mut auth_client =
+        todo_proto::auth::v1::auth_service_client::AuthServiceClient::new(testkit::channel(auth.addr).await);
+    let request =
+        todo_proto::auth::v1::SignUpRequest { email: "term@example.com".into(), password: testkit::PASSWORD.into() };
+    let token = auth_client.sign_up(request).await.unwrap().into_inner().tokens.unwrap().access_token;
+    let addr = free_addr();
+    let process = start(&db, addr);
+    until_serving(addr).await;
+
+    let codes: Arc<Mutex<Vec<(String, Result<(), tonic::Code>)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for worker in 0..4 {
+        let (codes, stop, token) = (codes.clone(), stop.clone(), token.clone());
+        writers.push(tokio::spawn(async move {
+            let mut tasks = TaskServiceClient::new(lazy(addr));
+            for n in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let id = format!("w{worker}-{n}");
+                let request = CreateTaskRequest { title: id.clone(), request_id: id.clone(), ..Default::default() };
+                let mut request = testkit::authed(request, &token);
+                request.set_timeout(Duration::from_secs(5));
+                let result = tasks.create_task(request).await.map(|_| ()).map_err(|status| status.code());
+                codes.lock().unwrap().push((id, result));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // SHUTDOWN_DRAIN_SECONDS is 1 in `start`.
+    let exit = tokio::task::spawn_blocking(move || process.terminate(Duration::from_secs(5))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let status = exit.expect("task-service exits within the drain time after SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+
+    // Calls were answered or refused (UNAVAILABLE: the server is going away, retry elsewhere);
+    // none was cut off mid-flight (which clients would see as CANCELLED, UNKNOWN or INTERNAL).
+    let codes = std::mem::take(&mut *codes.lock().unwrap());
+    let refused = codes.iter().filter(|(_, r)| r.is_err()).count();
+    println!("{} calls answered, {refused} refused around the stop", codes.len() - refused);
+    for (id, result) in &codes {
+        assert!(matches!(result, Ok(()) | Err(tonic::Code::Unavailable)), "{id}: {result:?}");
+    }
+    let stored: Vec<String> = sqlx::query_scalar("SELECT title FROM tasks").fetch_all(&db.pool).await.unwrap();
+    for (id, _) in codes.iter().filter(|(_, r)| r.is_ok()) {
+        assert!(stored.contains(id), "{id} answered OK but not stored");
+    }
+}

@@ -123,5 +123,6 @@ impl Drop for PgBouncer {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
         let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -33,6 +33,21 @@ impl ServiceProcess {
         ServiceProcess { child, addr }
     }
 
+    /// SIGTERM, as an orchestrator stops a container; then waits up to `limit` for the exit.
+    /// `None` if it did not exit in time.
+    pub fn terminate(mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "sending SIGTERM with kill(1)");
+        let started = std::time::Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("polling our child") {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGKILL: no drain, no cleanup, as in a crash or an OOM kill.
     pub fn kill(mut self) {
         self.child.kill().expect("sending SIGKILL to our child");
