@@ -132,6 +132,9 @@ async fn sigkill_mid_load_loses_nothing_acknowledged_and_a_restart_serves_at_onc
     process.kill();
 }
 
+/// A call's request id and how it ended.
+type Answer = (String, Result<(), tonic::Code>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_load_answers_the_calls_in_flight_and_exits_0() {
     let db = TestDatabase::new().await;
@@ -145,7 +148,7 @@ async fn sigterm_mid_load_answers_the_calls_in_flight_and_exits_0() {
     let process = start(&db, addr);
     until_serving(addr).await;
 
-    let codes: Arc<Mutex<Vec<(String, Result<(), tonic::Code>)>>> = Arc::default();
+    let codes: Arc<Mutex<Vec<Answer>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for worker in 0..4 {
