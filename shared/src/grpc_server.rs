@@ -22,6 +22,9 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// take the whole server.
 pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 100;
 
+/// How long no call may be in flight before a draining server stops.
+const QUIET_BEFORE_STOP: Duration = Duration::from_millis(250);
+
 /// Serves `routes` on `listener` until `shutdown` resolves, then lets in-flight calls finish for
 /// at most `drain`; calls still open then (long streams such as health Watch) are cut.
 /// `services` are the fully qualified names reported by the health service.
@@ -116,10 +119,19 @@ pub async fn serve(
         if draining_rx.await.is_err() {
             std::future::pending::<()>().await;
         }
-        match tokio::time::timeout(drain, in_flight.idle()).await {
-            // A moment for the last responses to leave the socket.
-            Ok(()) => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(_) => tracing::warn!("drain time over: closing the calls still open"),
+        let deadline = tokio::time::Instant::now() + drain;
+        loop {
+            if tokio::time::timeout_at(deadline, in_flight.idle()).await.is_err() {
+                tracing::warn!("drain time over: closing the calls still open");
+                break;
+            }
+            // Idle must last a moment: a call a client sent before it read our GOAWAY is still
+            // accepted, and may not be counted yet (under load a test saw one cut off as
+            // CANCELLED). The moment also lets the last responses leave the socket.
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + QUIET_BEFORE_STOP)).await;
+            if in_flight.current() == 0 || tokio::time::Instant::now() >= deadline {
+                break;
+            }
         }
     };
     tokio::select! {
