@@ -14,7 +14,6 @@ pub mod store;
 pub mod throttle;
 pub mod tokens;
 
-use anyhow::Context;
 use std::future::Future;
 use std::sync::Arc;
 use todo_proto::auth::v1::auth_service_server::AuthServiceServer;
@@ -71,7 +70,10 @@ pub async fn serve(
             todo_shared::startup::until_database_ready(&pool, "registering the signing key", || key.register(&pool))
                 .await?;
             tracing::info!(kid = %key.kid, "signing access tokens");
-            keyring.reload().await.context("loading the verification keys")?;
+            // Keys also load on first use: a database that vanished just now is no reason to stop.
+            if let Err(e) = keyring.reload().await {
+                tracing::warn!(error = %e, "could not load verification keys yet; will retry on first use");
+            }
             Ok(())
         })
     };
