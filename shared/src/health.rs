@@ -5,13 +5,13 @@ use std::time::Duration;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-/// How often the database is probed while it answers; each probe may take `PROBE_TIMEOUT`, so
-/// an outage shows within about two seconds.
+/// How often the database is probed while it answers. A stopped database shows at the next
+/// probe (its connection breaks or is refused); one that stops answering, after `PROBE_TIMEOUT`.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// While it does not answer, probes follow each other closely: the service serves again within
 /// moments of the database's return.
 const PROBE_INTERVAL_WHILE_DOWN: Duration = Duration::from_millis(200);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connecting may take longer than a query (TLS, SCRAM on a busy machine); a refused
 /// connection fails at once anyway.
 const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,39 +53,56 @@ pub async fn probe_database(
     let mut connection: Option<sqlx::PgConnection> = None;
     let mut last = None;
     loop {
-        let answers = probe_once(&options, &mut connection).await;
-        let status = if answers { ServingStatus::Serving } else { ServingStatus::NotServing };
-        if last != Some(status) {
-            if answers {
-                tracing::info!("database answering: health is SERVING");
-            } else {
-                tracing::warn!("database not answering: health is NOT_SERVING, calls are refused with UNAVAILABLE");
+        let probe = probe_once(&options, &mut connection).await;
+        if last != Some(probe) {
+            match probe {
+                Probe::Answered => tracing::info!("database answering: health is SERVING"),
+                Probe::Slow => tracing::warn!("database slow to answer: health is NOT_SERVING"),
+                Probe::Unreachable => {
+                    tracing::warn!("database unreachable: health is NOT_SERVING, calls are refused with UNAVAILABLE")
+                }
             }
-            ready.set_database_down(!answers);
+            // Only a database that refuses or drops connections turns calls away at once; a slow
+            // one (a busy machine) still gets them, each bounded by its deadline.
+            ready.set_database_down(probe == Probe::Unreachable);
+            let status = if probe == Probe::Answered { ServingStatus::Serving } else { ServingStatus::NotServing };
             set_all(&reporter, services, status).await;
-            last = Some(status);
+            last = Some(probe);
         }
-        tokio::time::sleep(if answers { PROBE_INTERVAL } else { PROBE_INTERVAL_WHILE_DOWN }).await;
+        tokio::time::sleep(if probe == Probe::Answered { PROBE_INTERVAL } else { PROBE_INTERVAL_WHILE_DOWN }).await;
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Answered,
+    /// No answer in time: busy, or a network that drops packets.
+    Slow,
+    /// Refused, reset or closed: the database is not there.
+    Unreachable,
 }
 
 /// One probe: connect if needed, then `SELECT 1` within `PROBE_TIMEOUT`; a failed connection
 /// is dropped so that the next probe connects afresh.
-async fn probe_once(options: &sqlx::postgres::PgConnectOptions, connection: &mut Option<sqlx::PgConnection>) -> bool {
+async fn probe_once(options: &sqlx::postgres::PgConnectOptions, connection: &mut Option<sqlx::PgConnection>) -> Probe {
     use sqlx::Connection;
     if connection.is_none() {
         match tokio::time::timeout(PROBE_CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(options)).await {
             Ok(Ok(fresh)) => *connection = Some(fresh),
-            _ => return false,
+            Ok(Err(_)) => return Probe::Unreachable,
+            Err(_) => return Probe::Slow,
         }
     }
-    let Some(conn) = connection.as_mut() else { return false };
-    let answered =
-        matches!(tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(conn)).await, Ok(Ok(_)));
-    if !answered {
+    let Some(conn) = connection.as_mut() else { return Probe::Unreachable };
+    let probe = match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(conn)).await {
+        Ok(Ok(_)) => Probe::Answered,
+        Ok(Err(_)) => Probe::Unreachable,
+        Err(_) => Probe::Slow,
+    };
+    if probe != Probe::Answered {
         *connection = None;
     }
-    answered
+    probe
 }
 
 /// The `healthcheck` subcommand of the binaries (for container health checks without extra
