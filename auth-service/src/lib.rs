@@ -14,7 +14,6 @@ pub mod store;
 pub mod throttle;
 pub mod tokens;
 
-use anyhow::Context;
 use std::future::Future;
 use std::sync::Arc;
 use todo_proto::auth::v1::auth_service_server::AuthServiceServer;
@@ -34,7 +33,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(db = ?config.db, "starting auth-service");
-    let pool = todo_shared::db::prepare(&config.db).await?;
+    let pool = todo_shared::db::pool(&config.db)?;
     let key = match &config.signing_key_file {
         Some(path) => signing_key::TokenSigningKey::from_file(path)?,
         None => {
@@ -45,14 +44,13 @@ pub async fn serve(
             signing_key::TokenSigningKey::generate()?
         }
     };
-    key.register(&pool).await.context("registering the signing key")?;
-    tracing::info!(kid = %key.kid, "signing access tokens");
 
     let ephemeral = key.ephemeral;
     let issuer = Arc::new(tokens::TokenIssuer::new(key, config.token.clone(), config.access_token_ttl));
-    let keyring = KeyRing::load(pool.clone()).await;
+    let keyring = Arc::new(KeyRing::new(pool.clone()));
     let hasher = passwords::PasswordHasher::new(config.bcrypt_cost).await?;
     let extras = todo_shared::grpc_server::ServeExtras {
+        drain: config.drain_timeout,
         endpoint: config.endpoint.clone(),
         gauges: password_gauges(&hasher),
         cors: config.cors_allowed_origins.clone(),
@@ -61,23 +59,34 @@ pub async fn serve(
         pool: pool.clone(),
         hasher,
         issuer: issuer.clone(),
-        verifier: Arc::new(TokenVerifier::new(keyring, &config.token)),
+        verifier: Arc::new(TokenVerifier::new(keyring.clone(), &config.token)),
         refresh_ttl: config.refresh_token_ttl,
         refresh_reuse_grace: config.refresh_reuse_grace,
         throttle: throttle::LoginThrottle::new(pool.clone(), config.throttle.clone()),
     };
     let pruner = housekeeping::spawn(pool.clone(), config.throttle.window);
-    let routes = tonic::service::Routes::new(AuthServiceServer::new(api));
-    let served = todo_shared::grpc_server::serve(
-        listener,
-        routes,
-        pool.clone(),
-        &[SERVICE_NAME],
-        config.drain_timeout,
-        extras,
-        shutdown,
-    )
-    .await;
+    let routes = tonic::service::Routes::new(
+        AuthServiceServer::new(api).max_decoding_message_size(todo_shared::grpc_server::MAX_REQUEST_BYTES),
+    );
+    // Waits for the database as long as it takes; only a retired key ends the wait.
+    let startup = {
+        let (pool, db, keyring, issuer) = (pool.clone(), config.db.clone(), keyring.clone(), issuer.clone());
+        Box::pin(async move {
+            todo_shared::db::migrate_when_ready(&pool, &db).await?;
+            let key = issuer.key();
+            todo_shared::startup::until_database_ready(&pool, "registering the signing key", || key.register(&pool))
+                .await?;
+            tracing::info!(kid = %key.kid, "signing access tokens");
+            // Keys also load on first use: a database that vanished just now is no reason to stop.
+            if let Err(e) = keyring.reload().await {
+                tracing::warn!(error = %e, "could not load verification keys yet; will retry on first use");
+            }
+            Ok(())
+        })
+    };
+    let served =
+        todo_shared::grpc_server::serve(listener, routes, pool.clone(), &[SERVICE_NAME], extras, startup, shutdown)
+            .await;
     pruner.abort();
     served?;
 

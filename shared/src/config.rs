@@ -89,8 +89,12 @@ pub fn seconds(
 #[derive(Clone)]
 pub struct DbConfig {
     pub url: SecretString,
+    /// A session-capable connection for what a transaction pooler cannot carry: migrations
+    /// (session advisory lock) and LISTEN. `DATABASE_DIRECT_URL`; `url` when unset.
+    pub direct_url: Option<SecretString>,
     pub max_connections: u32,
-    /// Off behind PgBouncer in transaction mode, where named prepared statements break.
+    /// `DB_STATEMENT_CACHE`; on by default. Off does not make sqlx safe behind a transaction
+    /// pooler (see db::pool); kept for experiments.
     pub statement_cache: bool,
     pub run_migrations: bool,
 }
@@ -105,12 +109,21 @@ impl DbConfig {
         }
         url.parse::<sqlx::postgres::PgConnectOptions>()
             .map_err(|_| ConfigError::new("DATABASE_URL", "is not a valid PostgreSQL URL"))?;
+        let direct_url = optional(env, "DATABASE_DIRECT_URL");
+        let valid = |d: &str| {
+            (d.starts_with("postgres://") || d.starts_with("postgresql://"))
+                && d.parse::<sqlx::postgres::PgConnectOptions>().is_ok()
+        };
+        if direct_url.as_deref().is_some_and(|d| !valid(d)) {
+            return Err(ConfigError::new("DATABASE_DIRECT_URL", "must be a postgres:// URL"));
+        }
         let max_connections: u32 = parse_or(env, "DB_MAX_CONNECTIONS", 10, "a whole number")?;
         if !(1..=1000).contains(&max_connections) {
             return Err(ConfigError::new("DB_MAX_CONNECTIONS", "must be from 1 to 1000"));
         }
         Ok(Self {
             url: SecretString::from(url),
+            direct_url: direct_url.map(SecretString::from),
             max_connections,
             statement_cache: boolean(env, "DB_STATEMENT_CACHE", true)?,
             run_migrations: boolean(env, "RUN_MIGRATIONS", true)?,
@@ -128,6 +141,7 @@ impl fmt::Debug for DbConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DbConfig")
             .field("url", &self.redacted_url())
+            .field("direct_url", &self.direct_url.as_ref().map(|u| redact_url(u.expose_secret())))
             .field("max_connections", &self.max_connections)
             .field("statement_cache", &self.statement_cache)
             .field("run_migrations", &self.run_migrations)

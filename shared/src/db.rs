@@ -16,27 +16,68 @@ pub fn pool(config: &DbConfig) -> Result<PgPool, sqlx::Error> {
     options =
         options.application_name("todo").log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
     if !config.statement_cache {
-        // PgBouncer in transaction mode may hand each transaction a different server
-        // connection, where a named prepared statement of ours does not exist.
+        // Beware: sqlx 0.9 still prepares a named statement per execution with the cache off,
+        // and never closes it (tools/faults/tests/pgbouncer.rs shows both), so this neither
+        // makes transaction pooling safe nor is free on a direct connection.
+        tracing::warn!(
+            "DB_STATEMENT_CACHE=false: each statement is prepared anew and kept by the server \
+             connection; behind PgBouncer use session mode, or 1.21+ with max_prepared_statements"
+        );
         options = options.statement_cache_capacity(0);
     }
     Ok(PgPoolOptions::new()
         .max_connections(config.max_connections)
         .min_connections(0)
+        // Each call's connection gets a statement_timeout of the time its client has left, so
+        // PostgreSQL cancels a statement the client no longer waits for. The SET replaces the
+        // liveness test sqlx would otherwise run on an idle connection: same round trip.
+        .test_before_acquire(false)
+        .before_acquire(|conn, _| Box::pin(async move { set_statement_timeout(conn).await.map(|()| true) }))
+        .after_connect(|conn, _| Box::pin(set_statement_timeout(conn)))
         // Fail fast when the database is away instead of holding the caller past its deadline.
         .acquire_timeout(Duration::from_secs(3))
         .idle_timeout(Duration::from_secs(300))
         .connect_lazy_with(options))
 }
 
-/// The pool a service runs on, with the migrations applied first when RUN_MIGRATIONS says so.
-pub async fn prepare(config: &DbConfig) -> anyhow::Result<PgPool> {
-    let pool = pool(config)?;
+/// Options for a session-capable connection: `DATABASE_DIRECT_URL` when set (behind a pooler in
+/// transaction mode), else the pool's own.
+pub fn direct_options(pool: &PgPool, config: &DbConfig) -> Result<PgConnectOptions, sqlx::Error> {
+    match &config.direct_url {
+        Some(url) => Ok(url.expose_secret().parse::<PgConnectOptions>()?.application_name("todo")),
+        None => Ok((*pool.connect_options()).clone()),
+    }
+}
+
+/// Applies the migrations when RUN_MIGRATIONS says so, waiting for the database as long as it
+/// takes (see `startup`). They run on a direct connection: sqlx holds a session advisory lock
+/// across them, which a pooler in transaction mode would not keep.
+pub async fn migrate_when_ready(pool: &PgPool, config: &DbConfig) -> anyhow::Result<()> {
     if config.run_migrations {
         use anyhow::Context;
-        migrate(&pool).await.context("applying migrations")?;
+        let direct = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy_with(direct_options(pool, config)?);
+        crate::startup::until_database_ready(&direct, "applying migrations", || async {
+            migrate(&direct).await.context("applying migrations")
+        })
+        .await?;
+        direct.close().await;
     }
-    Ok(pool)
+    Ok(())
+}
+
+/// The statement timeout of a call whose client set no deadline (and of background work).
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn set_statement_timeout(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Executor;
+    let timeout = crate::call_limits::remaining().unwrap_or(DEFAULT_STATEMENT_TIMEOUT);
+    // 0 would mean "no limit"; a call already out of time gets the shortest there is.
+    let millis = timeout.as_millis().clamp(1, DEFAULT_STATEMENT_TIMEOUT.as_millis());
+    // A number we made, formatted into the statement: safe. Simple protocol, one round trip.
+    conn.execute(sqlx::AssertSqlSafe(format!("SET statement_timeout = {millis}"))).await.map(|_| ())
 }
 
 /// Applies pending migrations. sqlx holds a PostgreSQL advisory lock while it migrates, so
@@ -61,6 +102,12 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
         }),
         _ => false,
     }
+}
+
+/// True when PostgreSQL cancelled the statement for running past its statement_timeout (the
+/// call's deadline).
+pub fn is_deadline(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"))
 }
 
 /// The name of the constraint a database error violated, if any.

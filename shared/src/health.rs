@@ -5,8 +5,16 @@ use std::time::Duration;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+/// How often the database is probed while it answers. A stopped database shows at the next
+/// probe (its connection breaks or is refused); one that stops answering, after `PROBE_TIMEOUT`.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// While it does not answer, probes follow each other closely: the service serves again within
+/// moments of the database's return.
+const PROBE_INTERVAL_WHILE_DOWN: Duration = Duration::from_millis(200);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connecting may take longer than a query (TLS, SCRAM on a busy machine); a refused
+/// connection fails at once anyway.
+const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sets the overall status ("") and each named service's status.
 pub async fn set_all(reporter: &HealthReporter, services: &[&'static str], status: ServingStatus) {
@@ -27,22 +35,74 @@ pub fn spawn_database_probe(
     reporter: HealthReporter,
     services: &'static [&'static str],
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut last = None;
-        loop {
-            let status = if database_answers(&pool).await { ServingStatus::Serving } else { ServingStatus::NotServing };
-            if last != Some(status) {
-                if status == ServingStatus::NotServing {
-                    tracing::warn!("database not answering: health is NOT_SERVING");
-                } else {
-                    tracing::info!("database answering: health is SERVING");
+    tokio::spawn(probe_database(pool, reporter, services, crate::startup::Ready::default()))
+}
+
+/// The probe loop itself, for callers that run it inside a task of their own. It tells `ready`
+/// too, so that calls are refused at once while the database is known to be away instead of
+/// each waiting out the pool's acquire timeout.
+pub async fn probe_database(
+    pool: PgPool,
+    reporter: HealthReporter,
+    services: &'static [&'static str],
+    ready: crate::startup::Ready,
+) {
+    // A connection of its own, not the pool's: a pool busy with slow calls is not an outage,
+    // and a single connect attempt tells "refused" at once where the pool would retry.
+    let options = (*pool.connect_options()).clone();
+    let mut connection: Option<sqlx::PgConnection> = None;
+    let mut last = None;
+    loop {
+        let probe = probe_once(&options, &mut connection).await;
+        if last != Some(probe) {
+            match probe {
+                Probe::Answered => tracing::info!("database answering: health is SERVING"),
+                Probe::Slow => tracing::warn!("database slow to answer: health is NOT_SERVING"),
+                Probe::Unreachable => {
+                    tracing::warn!("database unreachable: health is NOT_SERVING, calls are refused with UNAVAILABLE")
                 }
-                set_all(&reporter, services, status).await;
-                last = Some(status);
             }
-            tokio::time::sleep(PROBE_INTERVAL).await;
+            // Only a database that refuses or drops connections turns calls away at once; a slow
+            // one (a busy machine) still gets them, each bounded by its deadline.
+            ready.set_database_down(probe == Probe::Unreachable);
+            let status = if probe == Probe::Answered { ServingStatus::Serving } else { ServingStatus::NotServing };
+            set_all(&reporter, services, status).await;
+            last = Some(probe);
         }
-    })
+        tokio::time::sleep(if probe == Probe::Answered { PROBE_INTERVAL } else { PROBE_INTERVAL_WHILE_DOWN }).await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Answered,
+    /// No answer in time: busy, or a network that drops packets.
+    Slow,
+    /// Refused, reset or closed: the database is not there.
+    Unreachable,
+}
+
+/// One probe: connect if needed, then `SELECT 1` within `PROBE_TIMEOUT`; a failed connection
+/// is dropped so that the next probe connects afresh.
+async fn probe_once(options: &sqlx::postgres::PgConnectOptions, connection: &mut Option<sqlx::PgConnection>) -> Probe {
+    use sqlx::Connection;
+    if connection.is_none() {
+        match tokio::time::timeout(PROBE_CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(options)).await {
+            Ok(Ok(fresh)) => *connection = Some(fresh),
+            Ok(Err(_)) => return Probe::Unreachable,
+            Err(_) => return Probe::Slow,
+        }
+    }
+    let Some(conn) = connection.as_mut() else { return Probe::Unreachable };
+    let probe = match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(conn)).await {
+        Ok(Ok(_)) => Probe::Answered,
+        Ok(Err(_)) => Probe::Unreachable,
+        Err(_) => Probe::Slow,
+    };
+    if probe != Probe::Answered {
+        *connection = None;
+    }
+    probe
 }
 
 /// The `healthcheck` subcommand of the binaries (for container health checks without extra

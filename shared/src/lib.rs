@@ -3,6 +3,7 @@
 //! reflection wiring, and telemetry.
 
 pub mod access_log;
+pub mod call_limits;
 pub mod caller;
 pub mod config;
 pub mod db;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod proto_time;
 pub mod revocation;
 pub mod service_main;
+pub mod startup;
 pub mod status;
 pub mod telemetry;
 pub mod tls;

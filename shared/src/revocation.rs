@@ -83,13 +83,23 @@ impl Revocations {
 
     /// Keeps the list (and `keys`) current until the task is aborted, reconnecting with backoff.
     pub fn spawn_listener(self: &Arc<Self>, keys: Arc<KeyRing>) -> tokio::task::JoinHandle<()> {
+        self.spawn_listener_on(keys, (*self.pool.connect_options()).clone())
+    }
+
+    /// `spawn_listener` on a connection made with `options`: a direct one when the pool goes
+    /// through a pooler in transaction mode, which cannot deliver notifications.
+    pub fn spawn_listener_on(
+        self: &Arc<Self>,
+        keys: Arc<KeyRing>,
+        options: sqlx::postgres::PgConnectOptions,
+    ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         // Its own one-connection pool: the listener holds its connection for good, which must
         // not starve the calls of the main pool.
         let listener_pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy_with((*self.pool.connect_options()).clone());
+            .connect_lazy_with(options);
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {

@@ -57,7 +57,10 @@ pub fn invalid_argument(domain: &str, violations: &[FieldViolation]) -> Status {
 /// Maps a database error: an outage is UNAVAILABLE (retryable), anything else INTERNAL with a
 /// generic message. The cause is logged with its chain, never sent.
 pub fn database_error(domain: &str, error: &sqlx::Error) -> Status {
-    if crate::db::is_unavailable(error) {
+    if crate::db::is_deadline(error) {
+        tracing::warn!(error = %error, "statement cancelled: the call ran out of time");
+        with_reason(Code::DeadlineExceeded, domain, "DEADLINE_EXCEEDED", "the call ran out of time")
+    } else if crate::db::is_unavailable(error) {
         tracing::warn!(error = %error, "database unavailable");
         with_reason(Code::Unavailable, domain, "DATABASE_UNAVAILABLE", "the database is unavailable; retry later")
     } else {

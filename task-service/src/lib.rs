@@ -37,12 +37,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(db = ?config.db, "starting task-service");
-    let pool = todo_shared::db::prepare(&config.db).await?;
-    let keyring = KeyRing::load(pool.clone()).await;
+    let pool = todo_shared::db::pool(&config.db)?;
+    let keyring = Arc::new(KeyRing::new(pool.clone()));
     // Until the listener is live, sessions are checked in the database per call.
     let revocations = Revocations::new(pool.clone(), config.revocation_window);
-    let listener_task = revocations.spawn_listener(keyring.clone());
-    let authenticator = Arc::new(Authenticator { verifier: TokenVerifier::new(keyring, &config.token), revocations });
+    let listener_task =
+        revocations.spawn_listener_on(keyring.clone(), todo_shared::db::direct_options(&pool, &config.db)?);
+    let authenticator =
+        Arc::new(Authenticator { verifier: TokenVerifier::new(keyring.clone(), &config.token), revocations });
     let hub = Hub::new();
     let hub_task = hub.spawn_poller(&pool);
     let pruning = spawn_pruning(pool.clone(), config.sync_retention);
@@ -51,8 +53,20 @@ pub async fn serve(
         authenticator: authenticator.clone(),
         hub: hub.clone(),
         watch: config.watch,
-    });
+    })
+    .max_decoding_message_size(todo_shared::grpc_server::MAX_REQUEST_BYTES);
     let routes = tonic::service::Routes::new(RequireCaller::new(api, authenticator, TASK_DOMAIN));
+    // Waits for the database as long as it takes; keys load on first use if this load fails.
+    let startup = {
+        let (pool, db) = (pool.clone(), config.db.clone());
+        Box::pin(async move {
+            todo_shared::db::migrate_when_ready(&pool, &db).await?;
+            if let Err(e) = keyring.reload().await {
+                tracing::warn!(error = %e, "could not load verification keys yet; will retry on first use");
+            }
+            Ok(())
+        })
+    };
     // Streams end first, each with a status telling the client to come back, so the drain
     // only waits for unary calls.
     let shutdown = async move {
@@ -64,12 +78,13 @@ pub async fn serve(
         routes,
         pool.clone(),
         &[SERVICE_NAME],
-        config.drain_timeout,
         todo_shared::grpc_server::ServeExtras {
+            drain: config.drain_timeout,
             endpoint: config.endpoint.clone(),
             gauges: Vec::new(),
             cors: config.cors_allowed_origins.clone(),
         },
+        startup,
         shutdown,
     )
     .await;

@@ -104,7 +104,13 @@ fn verify_full_url(pg: &PrivatePostgres, root_cert: &std::path::Path) -> String 
 }
 
 fn db_config(url: String, run_migrations: bool) -> DbConfig {
-    DbConfig { url: SecretString::from(url), max_connections: 3, statement_cache: true, run_migrations }
+    DbConfig {
+        url: SecretString::from(url),
+        direct_url: None,
+        max_connections: 3,
+        statement_cache: true,
+        run_migrations,
+    }
 }
 
 #[tokio::test]

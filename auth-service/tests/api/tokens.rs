@@ -111,11 +111,18 @@ async fn an_instance_with_a_retired_key_refuses_to_start() {
     config.signing_key_file = Some(path);
 
     let first = testkit::spawn_auth(config.clone()).await;
+    // A call is answered once the start-up steps (the key's registration) are done.
+    let mut client = auth_service_client::AuthServiceClient::new(testkit::channel(first.addr).await);
+    client.get_jwks(GetJwksRequest {}).await.unwrap();
     let kid = auth_service::signing_key::thumbprint(&key.verifying_key().to_bytes());
     first.stop().await.unwrap();
     assert!(auth_service::signing_key::retire(&db.pool, &kid, std::time::Duration::ZERO).await.unwrap());
     let again = testkit::spawn_auth(config).await;
-    let err = again.stop().await.unwrap_err();
+    // The start-up steps run while the port already answers; the retired key ends them.
+    let err = tokio::time::timeout(std::time::Duration::from_secs(10), again.wait())
+        .await
+        .expect("serve() returns by itself")
+        .unwrap_err();
     assert!(format!("{err:#}").contains("was retired"), "{err:#}");
     let retired: bool = sqlx::query_scalar("SELECT retired_at IS NOT NULL FROM signing_keys WHERE kid = $1")
         .bind(&kid)

@@ -26,6 +26,9 @@ pub struct PrivatePostgres {
     password: String,
     owner: Option<(u32, u32)>,
     guardian: Option<Child>,
+    durability: Durability,
+    /// The certificate and key files when TLS is on.
+    tls_files: Option<(PathBuf, PathBuf)>,
 }
 
 const SUPERUSER: &str = "postgres";
@@ -93,17 +96,32 @@ impl PrivatePostgres {
             .stderr(Stdio::null())
             .status();
 
+        let tls_files = match tls {
+            Some(tls) => {
+                // PostgreSQL refuses a key that others may read: it is the server user's, mode 0600.
+                let (cert, key) = (root.join("server.crt"), root.join("server.key"));
+                write_private(&cert, &tls.cert_pem, owner)?;
+                write_private(&key, &tls.key_pem, owner)?;
+                Some((cert, key))
+            }
+            None => None,
+        };
         let port = free_port()?;
+        let mut server = Self { binaries, root, port, password, owner, guardian: None, durability, tls_files };
+        server.resume()?;
+        server.guardian = Some(spawn_guardian(&server.binaries, owner, &server.root, &data, remove_on_exit)?);
+        Ok(server)
+    }
+
+    /// Starts the server again after `pause`, on the same port with the same data.
+    pub fn resume(&mut self) -> Result<(), String> {
+        let port = self.port;
         let mut options =
             format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=300");
-        if durability == Durability::Throwaway {
+        if self.durability == Durability::Throwaway {
             options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }
-        if let Some(tls) = tls {
-            // PostgreSQL refuses a key that others may read: it is the server user's, mode 0600.
-            let (cert, key) = (root.join("server.crt"), root.join("server.key"));
-            write_private(&cert, &tls.cert_pem, owner)?;
-            write_private(&key, &tls.key_pem, owner)?;
+        if let Some((cert, key)) = &self.tls_files {
             options.push_str(&format!(
                 " -c ssl=on -c ssl_cert_file='{}' -c ssl_key_file='{}'",
                 cert.display(),
@@ -111,22 +129,43 @@ impl PrivatePostgres {
             ));
         }
         run(
-            command(&binaries.program("pg_ctl"), owner, &root)
+            command(&self.binaries.program("pg_ctl"), self.owner, &self.root)
                 .arg("-D")
-                .arg(&data)
+                .arg(self.root.join("data"))
                 .arg("-l")
-                .arg(root.join("server.log"))
+                .arg(self.root.join("server.log"))
                 .args(["-o", &options, "-w", "-t", "60", "start"])
                 .stdout(Stdio::null()),
             "pg_ctl start",
-        )?;
+        )
+    }
 
-        let guardian = spawn_guardian(&binaries, owner, &root, &data, remove_on_exit)?;
-        Ok(Self { binaries, root, port, password, owner, guardian: Some(guardian) })
+    /// Stops the server (an outage, for fault tests) without giving it up: `resume` starts it
+    /// again. `mode` is pg_ctl's shutdown mode: "fast" (clients are disconnected, a clean
+    /// checkpoint) or "immediate" (as if the machine lost power, minus the lost page cache).
+    pub fn pause(&mut self, mode: &str) -> Result<(), String> {
+        run(
+            command(&self.binaries.program("pg_ctl"), self.owner, &self.root)
+                .arg("-D")
+                .arg(self.root.join("data"))
+                .args(["stop", "-m", mode, "-w", "-t", "60"])
+                .stdout(Stdio::null()),
+            "pg_ctl stop",
+        )
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The superuser's password (for a pooler's user list).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// The user the server runs as (None: ourselves).
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        self.owner
     }
 
     /// A URL for `database` as the superuser.
@@ -203,7 +242,7 @@ fn write_private(path: &Path, contents: &str, owner: Option<(u32, u32)>) -> Resu
     chown(path, owner)
 }
 
-fn command(program: &Path, owner: Option<(u32, u32)>, cwd: &Path) -> Command {
+pub(crate) fn command(program: &Path, owner: Option<(u32, u32)>, cwd: &Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.current_dir(cwd).env_remove("PGDATA").env_remove("PGPORT");
     // Its own process group: Ctrl-C in a terminal reaches us, and we stop the server in order
@@ -224,7 +263,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
     }
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
     Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }

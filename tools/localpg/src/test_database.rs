@@ -1,6 +1,7 @@
 //! A freshly migrated database per test, on one server per test process: the private server
 //! when DATABASE_URL is unset, else the server DATABASE_URL names.
 
+use crate::pgbouncer::PgBouncer;
 use crate::{Durability, PrivatePostgres, find_binaries};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor};
@@ -9,21 +10,41 @@ use std::sync::OnceLock;
 enum Server {
     Private(#[allow(dead_code)] PrivatePostgres, String),
     External(String),
+    /// The private server behind a PgBouncer in session mode (`TEST_VIA_PGBOUNCER=1`).
+    Pooled(#[allow(dead_code)] PrivatePostgres, String, PgBouncer),
 }
 
 impl Server {
     fn admin_url(&self) -> &str {
         match self {
-            Server::Private(_, url) | Server::External(url) => url,
+            Server::Private(_, url) | Server::External(url) | Server::Pooled(_, url, _) => url,
         }
     }
+}
+
+/// Whether the suites run through PgBouncer (`TEST_VIA_PGBOUNCER=1`).
+pub fn via_pgbouncer() -> bool {
+    std::env::var("TEST_VIA_PGBOUNCER").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
 static SERVER: OnceLock<Server> = OnceLock::new();
 
 fn server() -> &'static Server {
     SERVER.get_or_init(|| match std::env::var("DATABASE_URL").ok().filter(|v| !v.is_empty()) {
+        Some(_) if via_pgbouncer() => {
+            panic!("TEST_VIA_PGBOUNCER=1 starts its own PostgreSQL and PgBouncer: unset DATABASE_URL")
+        }
         Some(url) => Server::External(url),
+        None if via_pgbouncer() => {
+            let binaries = find_binaries().unwrap_or_else(|e| panic!("{e}"));
+            let root = std::env::temp_dir().join(format!("todo-test-pg-{}", uuid::Uuid::new_v4().simple()));
+            let pg = PrivatePostgres::start(binaries, &root, Durability::Throwaway, true)
+                .unwrap_or_else(|e| panic!("starting the private test PostgreSQL: {e}"));
+            let bouncer = PgBouncer::start(&pg, &root.join("pgbouncer"), "session")
+                .unwrap_or_else(|e| panic!("starting PgBouncer in front of it: {e}"));
+            let url = pg.url("postgres");
+            Server::Pooled(pg, url, bouncer)
+        }
         None => {
             let binaries = find_binaries().unwrap_or_else(|e| panic!("{e}"));
             let root = std::env::temp_dir().join(format!("todo-test-pg-{}", uuid::Uuid::new_v4().simple()));
@@ -39,7 +60,10 @@ fn server() -> &'static Server {
 /// A database created for one test, with every migration applied.
 pub struct TestDatabase {
     pub name: String,
+    /// Straight to PostgreSQL: for the test's own pool, migrations and LISTEN.
     pub url: String,
+    /// What the services use: through PgBouncer with `TEST_VIA_PGBOUNCER=1`, else `url`.
+    pub service_url: String,
     pub pool: PgPool,
 }
 
@@ -67,7 +91,11 @@ impl TestDatabase {
             .connect_with(options)
             .await
             .expect("the new test database accepts connections");
-        TestDatabase { name, url, pool }
+        let service_url = match server() {
+            Server::Pooled(_, _, bouncer) => bouncer.url(&name),
+            _ => url.clone(),
+        };
+        TestDatabase { name, url, service_url, pool }
     }
 }
 

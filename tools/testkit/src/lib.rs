@@ -18,6 +18,7 @@ use tonic_types::StatusExt;
 pub use localpg;
 pub use localpg::test_database;
 
+pub mod process;
 pub mod scrape;
 pub mod tls;
 
@@ -41,6 +42,11 @@ impl RunningServer {
         }
         self.handle.take().expect("stop is called once").await.expect("the server task does not panic")
     }
+
+    /// Waits until the server returns by itself (a failed start), without asking it to stop.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        self.handle.take().expect("wait is called once").await.expect("the server task does not panic")
+    }
 }
 
 impl Drop for RunningServer {
@@ -51,9 +57,21 @@ impl Drop for RunningServer {
     }
 }
 
+/// Settings for the test's database: through PgBouncer with `TEST_VIA_PGBOUNCER=1` (with a
+/// direct URL for LISTEN and migrations, as the README tells users), else direct.
 pub fn db_config(db: &TestDatabase) -> DbConfig {
+    if localpg::test_database::via_pgbouncer() {
+        DbConfig { direct_url: Some(SecretString::from(db.url.clone())), ..db_config_for(&db.service_url) }
+    } else {
+        db_config_for(&db.url)
+    }
+}
+
+/// Settings for a database at `url` that is already migrated.
+pub fn db_config_for(url: &str) -> DbConfig {
     DbConfig {
-        url: SecretString::from(db.url.clone()),
+        url: SecretString::from(url.to_string()),
+        direct_url: None,
         max_connections: 5,
         statement_cache: true,
         run_migrations: false,
@@ -91,9 +109,13 @@ pub fn auth_config_with(db: DbConfig) -> auth_service::AuthConfig {
 }
 
 pub fn task_config(db: &TestDatabase) -> task_service::TaskConfig {
+    task_config_with(db_config(db))
+}
+
+pub fn task_config_with(db: DbConfig) -> task_service::TaskConfig {
     task_service::TaskConfig {
         addr: "127.0.0.1:0".parse().expect("a valid address"),
-        db: db_config(db),
+        db,
         token: token_config(),
         drain_timeout: Duration::from_secs(2),
         revocation_window: Duration::from_secs(86_400),

@@ -1,0 +1,124 @@
+//! Per-call limits that need the request: the client's deadline (`grpc-timeout`) travels with
+//! the call as a task-local, so that each database connection the call takes gets a
+//! `statement_timeout` of the time left (the query is cancelled by PostgreSQL, not left running
+//! after the client gave up); and an oversized request, which tonic reports as OUT_OF_RANGE, is
+//! answered with RESOURCE_EXHAUSTED as the gRPC spec asks.
+
+use futures_util::FutureExt;
+use futures_util::future::Map;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::task::futures::TaskLocalFuture;
+
+tokio::task_local! {
+    /// When the current call's client stops waiting, if it said.
+    static DEADLINE: Option<Instant>;
+}
+
+/// The time the current call has left, if its client set a deadline (None outside a call).
+pub fn remaining() -> Option<Duration> {
+    DEADLINE.try_with(|deadline| deadline.map(|d| d.saturating_duration_since(Instant::now()))).ok().flatten()
+}
+
+/// `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &http::HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?;
+    if text.len() < 2 || text.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = text.split_at(text.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[derive(Clone, Copy, Default)]
+pub struct CallLimitsLayer;
+
+impl<S> tower::Layer<S> for CallLimitsLayer {
+    type Service = CallLimits<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallLimits { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct CallLimits<S> {
+    inner: S,
+}
+
+type Rewrite<R, E> = fn(Result<http::Response<R>, E>) -> Result<http::Response<R>, E>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for CallLimits<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    R: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    // No box: a task-local scope around a mapped future.
+    type Future = TaskLocalFuture<Option<Instant>, Map<S::Future, Rewrite<R, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(parse_grpc_timeout)
+            .and_then(|timeout| Instant::now().checked_add(timeout));
+        let rewrite: Rewrite<R, S::Error> = oversized_is_resource_exhausted;
+        DEADLINE.scope(deadline, self.inner.call(request).map(rewrite))
+    }
+}
+
+/// tonic answers a request above the size limit with OUT_OF_RANGE "decoded message length too
+/// large"; the gRPC spec (and other servers) say RESOURCE_EXHAUSTED.
+fn oversized_is_resource_exhausted<R: Default, E>(
+    response: Result<http::Response<R>, E>,
+) -> Result<http::Response<R>, E> {
+    let response = response?;
+    let headers = response.headers();
+    let out_of_range = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
+    let too_large = out_of_range
+        && headers.get("grpc-message").is_some_and(|m| {
+            // Percent-encoded on the wire.
+            let m = m.as_bytes();
+            m.windows(11).any(|w| w == b"too%20large") || m.windows(9).any(|w| w == b"too large")
+        });
+    if !too_large {
+        return Ok(response);
+    }
+    Ok(tonic::Status::resource_exhausted(format!(
+        "the request is larger than the {} bytes this server accepts",
+        crate::grpc_server::MAX_REQUEST_BYTES
+    ))
+    .into_http())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        let parse = |s: &str| parse_grpc_timeout(&http::HeaderValue::from_str(s).unwrap());
+        assert_eq!(parse("500m"), Some(Duration::from_millis(500)));
+        assert_eq!(parse("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(parse("123456789S"), None);
+        assert_eq!(parse("5x"), None);
+        assert_eq!(parse("S"), None);
+    }
+}

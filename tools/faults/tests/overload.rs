@@ -1,0 +1,206 @@
+//! Deadlines and overload: a client's deadline cancels its statement in PostgreSQL; a pool
+//! exhausted by slow statements answers UNAVAILABLE quickly; an oversized request gets
+//! RESOURCE_EXHAUSTED; junk bytes, half-open and a thousand idle connections disturb no one.
+
+use faults::{health, with_deadline};
+use std::time::{Duration, Instant};
+use testkit::TestApp;
+use testkit::test_database::TestDatabase;
+use todo_proto::auth::v1::SignUpRequest;
+use todo_proto::auth::v1::auth_service_client::AuthServiceClient;
+use todo_proto::task::v1::task_service_client::TaskServiceClient;
+use todo_proto::task::v1::{CreateTaskRequest, GetTaskRequest, ListTasksRequest, UpdateTaskRequest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// Statements of the services waiting for a lock in this test's database.
+async fn waiting_on_locks(db: &TestDatabase) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'todo' AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_cancels_the_statement_in_postgresql() {
+    let app = TestApp::spawn().await;
+    let (_, tokens) = app.sign_up("deadline@example.com").await;
+    let token = tokens.access_token;
+    let create = CreateTaskRequest { title: "locked".into(), ..Default::default() };
+    let task = app.tasks.clone().create_task(testkit::authed(create, &token)).await.unwrap().into_inner().task.unwrap();
+
+    // Another session holds the row, so the update waits for the lock.
+    let mut holder = app.db.pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM tasks FOR UPDATE").fetch_all(&mut *holder).await.unwrap();
+    let mut tasks = app.tasks.clone();
+    let update = UpdateTaskRequest { id: task.id, completed: Some(true), ..Default::default() };
+    let started = Instant::now();
+    let call = tokio::spawn(async move {
+        tasks.update_task(with_deadline(update, Some(&token), Duration::from_millis(700))).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(waiting_on_locks(&app.db).await, 1, "the update waits for the lock while its client waits");
+    let err = call.await.unwrap().unwrap_err();
+    assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
+    assert!(started.elapsed() < Duration::from_millis(1500), "answered after {:?}", started.elapsed());
+    // PostgreSQL cancelled it (statement_timeout = the time the call had left), though the
+    // lock is still held: nothing keeps running for a client that has gone.
+    let gone = Instant::now();
+    while waiting_on_locks(&app.db).await > 0 {
+        assert!(gone.elapsed() < Duration::from_secs(1), "the statement still runs after the deadline");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder.rollback().await.unwrap();
+    let token = tokens_again(&app).await;
+    let read = app.tasks.clone().get_task(testkit::authed(GetTaskRequest { id: task.id }, &token)).await.unwrap();
+    assert!(!read.into_inner().task.unwrap().completed, "the cancelled update wrote nothing");
+}
+
+async fn tokens_again(app: &TestApp) -> String {
+    let login =
+        todo_proto::auth::v1::LoginRequest { email: "deadline@example.com".into(), password: testkit::PASSWORD.into() };
+    app.auth.clone().login(login).await.unwrap().into_inner().tokens.unwrap().access_token
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_exhausted_by_slow_statements_answers_unavailable_quickly() {
+    let db = TestDatabase::new().await;
+    let mut config = testkit::task_config(&db);
+    config.db.max_connections = 2;
+    let auth_server = testkit::spawn_auth(testkit::auth_config(&db)).await;
+    let task_server = testkit::spawn_task(config).await;
+    let mut auth = AuthServiceClient::new(testkit::channel(auth_server.addr).await);
+    let tasks = TaskServiceClient::new(testkit::channel(task_server.addr).await);
+    let sign_up = SignUpRequest { email: "pool@example.com".into(), password: testkit::PASSWORD.into() };
+    let token = auth.sign_up(sign_up).await.unwrap().into_inner().tokens.unwrap().access_token;
+    let create = CreateTaskRequest { title: "hot row".into(), ..Default::default() };
+    let task = tasks.clone().create_task(testkit::authed(create, &token)).await.unwrap().into_inner().task.unwrap();
+
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM tasks FOR UPDATE").fetch_all(&mut *holder).await.unwrap();
+    // Two updates without a deadline take both connections and wait for the lock.
+    let mut blocked = Vec::new();
+    for _ in 0..2 {
+        let (mut tasks, token) = (tasks.clone(), token.clone());
+        let update = UpdateTaskRequest { id: task.id, completed: Some(true), ..Default::default() };
+        blocked.push(tokio::spawn(async move { tasks.update_task(testkit::authed(update, &token)).await }));
+    }
+    let waiting = Instant::now();
+    while waiting_on_locks(&db).await < 2 {
+        assert!(waiting.elapsed() < Duration::from_secs(5), "the updates never waited for the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let err = tasks.clone().get_task(testkit::authed(GetTaskRequest { id: task.id }, &token)).await.unwrap_err();
+    let took = started.elapsed();
+    testkit::assert_error(&err, Code::Unavailable, "DATABASE_UNAVAILABLE");
+    assert!(took < Duration::from_millis(3500), "took {took:?}");
+    println!("a call with no connection to be had: UNAVAILABLE after {took:?}");
+    // Busy is not down: health (on a connection of its own) stays SERVING.
+    assert_eq!(health(task_server.addr).await, Some(ServingStatus::Serving));
+
+    holder.rollback().await.unwrap();
+    for call in blocked {
+        call.await.unwrap().expect("the waiting updates finish once the lock is free");
+    }
+    tasks.clone().get_task(testkit::authed(GetTaskRequest { id: task.id }, &token)).await.expect("served again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5_mb_request_is_refused_and_the_server_stays_healthy() {
+    let app = TestApp::spawn().await;
+    let (_, tokens) = app.sign_up("big@example.com").await;
+    let huge = CreateTaskRequest { title: "x".repeat(5 * 1024 * 1024), ..Default::default() };
+    let err = app.tasks.clone().create_task(testkit::authed(huge, &tokens.access_token)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    let huge = SignUpRequest { email: "big2@example.com".into(), password: "p".repeat(5 * 1024 * 1024) };
+    let err = app.auth.clone().sign_up(huge).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    for addr in [app.auth_server.addr, app.task_server.addr] {
+        let serving = faults::wait_for_health(addr, ServingStatus::Serving, Duration::from_secs(5)).await;
+        assert!(serving.is_some(), "{addr} healthy");
+    }
+    let small = CreateTaskRequest { title: "small".into(), ..Default::default() };
+    app.tasks.clone().create_task(testkit::authed(small, &tokens.access_token)).await.expect("served as before");
+}
+
+/// Latencies of 20 ListTasks calls on a fresh connection.
+async fn list_latencies(app: &TestApp, token: &str) -> Vec<Duration> {
+    let mut tasks = TaskServiceClient::new(testkit::channel(app.task_server.addr).await);
+    let mut latencies = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        tasks
+            .list_tasks(with_deadline(ListTasksRequest::default(), Some(token), Duration::from_secs(2)))
+            .await
+            .unwrap();
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    latencies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_half_open_and_a_thousand_idle_connections_disturb_no_one() {
+    let limit = rlimit_nofile();
+    assert!(limit >= 2500, "this test needs 2,500 file descriptors (ulimit -n is {limit})");
+    let app = TestApp::spawn().await;
+    let (_, tokens) = app.sign_up("calm@example.com").await;
+    let before = list_latencies(&app, &tokens.access_token).await;
+
+    let addr = app.task_server.addr;
+    let mut held = Vec::new();
+    // Junk: bytes that are not HTTP/2. The server drops such a connection.
+    let mut junk = tokio::net::TcpStream::connect(addr).await.unwrap();
+    junk.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01\x02\xff garbage").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match junk.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a junk connection is closed by the server");
+    for i in 0..50 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let bytes: Vec<u8> = (0..512u32).map(|n| (n.wrapping_mul(31).wrapping_add(i) % 251) as u8).collect();
+        let _ = stream.write_all(&bytes).await;
+        held.push(stream);
+    }
+    // Half-open: a connection preface cut short, then silence.
+    for _ in 0..50 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        held.push(stream);
+    }
+    // A thousand idle connections that never say anything.
+    for _ in 0..1000 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let during = list_latencies(&app, &tokens.access_token).await;
+    println!(
+        "ListTasks median/max before: {:?}/{:?}; with 1,100 bad or idle connections: {:?}/{:?}",
+        before[10], before[19], during[10], during[19]
+    );
+    assert!(during[10] < before[10] * 5 + Duration::from_millis(50), "median {:?} vs {:?}", during[10], before[10]);
+    assert_eq!(health(addr).await, Some(ServingStatus::Serving));
+    drop(held);
+    list_latencies(&app, &tokens.access_token).await;
+}
+
+fn rlimit_nofile() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(3)?.parse().ok()
+        })
+        .unwrap_or(0)
+}

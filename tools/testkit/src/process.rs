@@ -1,0 +1,63 @@
+//! A service run as its real binary in a child process, for tests that kill it (SIGKILL) or
+//! restart it.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+pub struct ServiceProcess {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port")
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with `env` on top of a clean environment for the service (no inherited
+    /// DATABASE_URL or RUST_LOG surprises); `addr_var` names the listen-address variable.
+    pub fn start(binary: &str, addr_var: &str, addr: SocketAddr, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(binary);
+        command
+            .env_remove("DATABASE_URL")
+            .env_remove("DATABASE_DIRECT_URL")
+            .env("RUST_LOG", "warn")
+            .env(addr_var, addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+        ServiceProcess { child, addr }
+    }
+
+    /// SIGTERM, as an orchestrator stops a container; then waits up to `limit` for the exit.
+    /// `None` if it did not exit in time.
+    pub fn terminate(mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "sending SIGTERM with kill(1)");
+        let started = std::time::Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("polling our child") {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGKILL: no drain, no cleanup, as in a crash or an OOM kill.
+    pub fn kill(mut self) {
+        self.child.kill().expect("sending SIGKILL to our child");
+        self.child.wait().expect("reaping our child");
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
