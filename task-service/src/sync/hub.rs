@@ -160,12 +160,17 @@ impl Hub {
     /// One poll: wakes the users whose feeds were stamped at or after `horizon`, and returns the
     /// horizon for the next poll (read in the same snapshot).
     async fn poll(&self, pool: &PgPool, horizon: Option<&str>) -> Result<String, sqlx::Error> {
+        // Only the users with streams here: a bulk change to many feeds returns few rows.
+        let watched: Vec<Uuid> =
+            self.users.lock().expect("hub lock is never poisoned: no panics inside").keys().copied().collect();
         let rows: Vec<(String, Option<Uuid>)> = sqlx::query_as(
             "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, f.user_id
              FROM (SELECT 1) one
-             LEFT JOIN task_feeds f ON $1::text IS NOT NULL AND f.changed_xid >= $1::text::xid8",
+             LEFT JOIN task_feeds f
+               ON $1::text IS NOT NULL AND f.changed_xid >= $1::text::xid8 AND f.user_id = ANY($2)",
         )
         .bind(horizon)
+        .bind(&watched)
         .fetch_all(pool)
         .await?;
         let next = rows.first().map(|(h, _)| h.clone()).unwrap_or_default();
