@@ -4,34 +4,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use testkit::process::{ServiceProcess, free_addr};
+use std::time::Duration;
+use testkit::process::{ServiceProcess, free_addr, lazy_channel, until_serving};
 use testkit::test_database::TestDatabase;
 use todo_proto::auth::v1::auth_service_client::AuthServiceClient;
 use todo_proto::auth::v1::{LoginRequest, RefreshTokenRequest, SignUpRequest};
-use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-
-fn lazy(addr: std::net::SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_millis(500)).connect_lazy()
-}
-
-async fn until_serving(addr: std::net::SocketAddr) -> Duration {
-    let started = Instant::now();
-    loop {
-        let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
-        request.set_timeout(Duration::from_millis(500));
-        if let Ok(r) = HealthClient::new(lazy(addr)).check(request).await
-            && r.into_inner().status() == ServingStatus::Serving
-        {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "auth-service at {addr} never served");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn start(db: &TestDatabase, addr: std::net::SocketAddr) -> ServiceProcess {
     ServiceProcess::start(
@@ -62,7 +39,7 @@ async fn sigkill_mid_load_leaves_no_half_written_session() {
     for worker in 0..3 {
         let (chains, stop) = (chains.clone(), stop.clone());
         workers.push(tokio::spawn(async move {
-            let mut auth = AuthServiceClient::new(lazy(addr));
+            let mut auth = AuthServiceClient::new(lazy_channel(addr));
             for n in 0.. {
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -123,7 +100,7 @@ async fn sigkill_mid_load_leaves_no_half_written_session() {
     let broken = chains.iter().filter(|c| c.usable_refresh_token.is_none()).count();
     println!("{} accounts acknowledged, {broken} refresh chains cut by the kill", chains.len());
     assert!(broken > 0 || chains.len() > 10, "too little load to prove anything");
-    let mut auth = AuthServiceClient::new(lazy(addr));
+    let mut auth = AuthServiceClient::new(lazy_channel(addr));
     for chain in &chains {
         let login = LoginRequest { email: chain.email.clone(), password: testkit::PASSWORD.into() };
         auth.login(login).await.unwrap_or_else(|e| panic!("{} was acknowledged but cannot log in: {e:?}", chain.email));

@@ -6,34 +6,11 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use testkit::process::{ServiceProcess, free_addr};
+use std::time::Duration;
+use testkit::process::{ServiceProcess, free_addr, lazy_channel, until_serving};
 use testkit::test_database::TestDatabase;
 use todo_proto::task::v1::CreateTaskRequest;
 use todo_proto::task::v1::task_service_client::TaskServiceClient;
-use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-
-fn lazy(addr: std::net::SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_millis(500)).connect_lazy()
-}
-
-async fn until_serving(addr: std::net::SocketAddr) -> Duration {
-    let started = Instant::now();
-    loop {
-        let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
-        request.set_timeout(Duration::from_millis(500));
-        if let Ok(r) = HealthClient::new(lazy(addr)).check(request).await
-            && r.into_inner().status() == ServingStatus::Serving
-        {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "task-service at {addr} never served");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn start(db: &TestDatabase, addr: std::net::SocketAddr) -> ServiceProcess {
     ServiceProcess::start(
@@ -69,7 +46,7 @@ async fn sigkill_mid_load_loses_nothing_acknowledged_and_a_restart_serves_at_onc
     for (user, token) in tokens.iter().enumerate() {
         let (outcomes, stop, token) = (outcomes.clone(), stop.clone(), token.clone());
         writers.push(tokio::spawn(async move {
-            let mut tasks = TaskServiceClient::new(lazy(addr));
+            let mut tasks = TaskServiceClient::new(lazy_channel(addr));
             for n in 0.. {
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -116,7 +93,7 @@ async fn sigkill_mid_load_loses_nothing_acknowledged_and_a_restart_serves_at_onc
     assert_eq!(half_written, 0, "tasks without their request id row");
 
     // Retrying what failed, with the same request_id, gives exactly one task each.
-    let mut tasks = TaskServiceClient::new(lazy(addr));
+    let mut tasks = TaskServiceClient::new(lazy_channel(addr));
     for (id, token) in &failed {
         let request = CreateTaskRequest { title: (*id).clone(), request_id: (*id).clone(), ..Default::default() };
         tasks.create_task(testkit::authed(request, token)).await.expect("a retry after the restart succeeds");
@@ -154,7 +131,7 @@ async fn sigterm_mid_load_answers_the_calls_in_flight_and_exits_0() {
     for worker in 0..4 {
         let (codes, stop, token) = (codes.clone(), stop.clone(), token.clone());
         writers.push(tokio::spawn(async move {
-            let mut tasks = TaskServiceClient::new(lazy(addr));
+            let mut tasks = TaskServiceClient::new(lazy_channel(addr));
             for n in 0.. {
                 if stop.load(Ordering::Relaxed) {
                     break;

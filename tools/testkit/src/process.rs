@@ -3,6 +3,11 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 pub struct ServiceProcess {
     child: Child,
@@ -12,6 +17,32 @@ pub struct ServiceProcess {
 /// A loopback address with a port that was free a moment ago.
 pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port")
+}
+
+/// A channel to `addr` that connects on first use (a connect gives up after 500 ms): it
+/// survives the process behind it being killed and started again.
+pub fn lazy_channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("a valid URI")
+        .connect_timeout(Duration::from_millis(500))
+        .connect_lazy()
+}
+
+/// Waits until the server at `addr` reports SERVING (failing the test after 30 s) and returns
+/// how long that took.
+pub async fn until_serving(addr: SocketAddr) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
+        request.set_timeout(Duration::from_millis(500));
+        if let Ok(r) = HealthClient::new(lazy_channel(addr)).check(request).await
+            && r.into_inner().status() == ServingStatus::Serving
+        {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the service at {addr} never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 impl ServiceProcess {
