@@ -12,12 +12,13 @@ use testkit::test_database::TestDatabase;
 use todo_proto::task::v1::CreateTaskRequest;
 use todo_proto::task::v1::task_service_client::TaskServiceClient;
 
-fn start(db: &TestDatabase, addr: std::net::SocketAddr) -> ServiceProcess {
+/// The real binary with a drain time of `drain_seconds`.
+fn start(db: &TestDatabase, addr: std::net::SocketAddr, drain_seconds: &str) -> ServiceProcess {
     ServiceProcess::start(
         env!("CARGO_BIN_EXE_task-service"),
         "TASK_ADDR",
         addr,
-        &[("DATABASE_URL", &db.service_url), ("RUN_MIGRATIONS", "false"), ("SHUTDOWN_DRAIN_SECONDS", "1")],
+        &[("DATABASE_URL", &db.service_url), ("RUN_MIGRATIONS", "false"), ("SHUTDOWN_DRAIN_SECONDS", drain_seconds)],
     )
 }
 
@@ -36,7 +37,7 @@ async fn sigkill_mid_load_loses_nothing_acknowledged_and_a_restart_serves_at_onc
         tokens.push(auth_client.sign_up(request).await.unwrap().into_inner().tokens.unwrap().access_token);
     }
     let addr = free_addr();
-    let process = start(&db, addr);
+    let process = start(&db, addr, "1");
     until_serving(addr).await;
 
     // request_id -> (token, acknowledged)
@@ -64,7 +65,7 @@ async fn sigkill_mid_load_loses_nothing_acknowledged_and_a_restart_serves_at_onc
     tokio::time::sleep(Duration::from_millis(1500)).await;
     process.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let process = start(&db, addr);
+    let process = start(&db, addr, "1");
     let restart = until_serving(addr).await;
     println!("restarted task-service SERVING {restart:?} after its start");
     assert!(restart < Duration::from_secs(5), "a restart serves at once, took {restart:?}");
@@ -122,7 +123,7 @@ async fn sigterm_mid_load_answers_the_calls_in_flight_and_exits_0() {
         todo_proto::auth::v1::SignUpRequest { email: "term@example.com".into(), password: testkit::PASSWORD.into() };
     let token = auth_client.sign_up(request).await.unwrap().into_inner().tokens.unwrap().access_token;
     let addr = free_addr();
-    let process = start(&db, addr);
+    let process = start(&db, addr, "3");
     until_serving(addr).await;
 
     let codes: Arc<Mutex<Vec<Answer>>> = Arc::default();
@@ -147,8 +148,9 @@ async fn sigterm_mid_load_answers_the_calls_in_flight_and_exits_0() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    // SHUTDOWN_DRAIN_SECONDS is 1 in `start`.
-    let exit = tokio::task::spawn_blocking(move || process.terminate(Duration::from_secs(5))).await.unwrap();
+    // A drain of 3 s: the calls in flight at SIGTERM finish well within it on a loaded machine;
+    // the exit must come in time.
+    let exit = tokio::task::spawn_blocking(move || process.terminate(Duration::from_secs(8))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
@@ -157,16 +159,30 @@ async fn sigterm_mid_load_answers_the_calls_in_flight_and_exits_0() {
     let status = exit.expect("task-service exits within the drain time after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
 
-    // Calls were answered or refused (UNAVAILABLE: the server is going away, retry elsewhere);
-    // none was cut off mid-flight (which clients would see as CANCELLED, UNKNOWN or INTERNAL).
+    // Calls were answered or refused (UNAVAILABLE: the server is going away, retry elsewhere).
+    // One more outcome is the client library's, not the server's: a request that hyper's client
+    // has queued on a connection as that connection closes after the server's GOAWAY fails as
+    // CANCELLED without being sent (at most one per connection here: each writer has one call
+    // at a time). Such a call must not be stored; one that was would have been cut off mid-flight.
     let codes = std::mem::take(&mut *codes.lock().unwrap());
     let refused = codes.iter().filter(|(_, r)| r.is_err()).count();
-    println!("{} calls answered, {refused} refused around the stop", codes.len() - refused);
+    let cancelled: Vec<&String> =
+        codes.iter().filter(|(_, r)| *r == Err(tonic::Code::Cancelled)).map(|(id, _)| id).collect();
+    println!(
+        "{} calls answered, {refused} refused around the stop ({} as CANCELLED)",
+        codes.len() - refused,
+        cancelled.len()
+    );
     for (id, result) in &codes {
-        assert!(matches!(result, Ok(()) | Err(tonic::Code::Unavailable)), "{id}: {result:?}");
+        let expected = matches!(result, Ok(()) | Err(tonic::Code::Unavailable | tonic::Code::Cancelled));
+        assert!(expected, "{id}: {result:?}");
     }
+    assert!(cancelled.len() <= 4, "more CANCELLED calls than client connections: {cancelled:?}");
     let stored: Vec<String> = sqlx::query_scalar("SELECT title FROM tasks").fetch_all(&db.pool).await.unwrap();
     for (id, _) in codes.iter().filter(|(_, r)| r.is_ok()) {
         assert!(stored.contains(id), "{id} answered OK but not stored");
+    }
+    for id in cancelled {
+        assert!(!stored.contains(id), "{id} was CANCELLED for its client but stored: cut off after its commit");
     }
 }
