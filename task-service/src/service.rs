@@ -6,6 +6,7 @@ use crate::error::TaskError;
 use crate::page_token::{self, Cursor, PageTokenError, QueryKey};
 use crate::store::{self, Patch, TaskRow, Written};
 use crate::sync::hub::Hub;
+use crate::sync::token::SyncPosition;
 use crate::sync::watch::{Events, WatchSettings, Watcher};
 use crate::sync::{SyncError, change_of, check_position, feed};
 use sqlx::PgPool;
@@ -147,23 +148,30 @@ impl TaskApi {
         all_valid([size.as_ref().err(), start.as_ref().err()]).map_err(TaskError::from)?;
         let (size, start) = (size.map_err(TaskError::from)?, start.map_err(TaskError::from)?);
         // One row more than asked tells whether more follow.
+        let after = start.map_or(0, |p| p.seq);
         let (feed, mut changes) =
-            feed::changes_after(&self.pool, &caller, start, size + 1).await.map_err(SyncError::Db)?;
-        // "" is the start, which is always there.
-        if !req.sync_token.is_empty() {
-            check_position(start, feed)?;
-        }
+            feed::changes_after(&self.pool, &caller, after, size + 1).await.map_err(SyncError::Db)?;
+        // "" is the start, which is always there; tombstones pruned before it do not concern
+        // this client (its floor).
+        let start = match start {
+            Some(position) => {
+                check_position(position, feed)?;
+                position
+            }
+            None => SyncPosition { seq: 0, floor: feed.pruned_seq },
+        };
         let has_more = changes.len() as i64 > size;
         changes.truncate(size as usize);
-        // With nothing new the token stays where it was.
-        let next = changes.last().map_or(start, |c| c.seq);
+        // Mid-way, the last change sent; at the end, the feed's position in the same snapshot
+        // (everything up to it has been sent or did not concern the client).
+        let seq = if has_more { changes.last().map_or(start.seq, |c| c.seq) } else { feed.seq.max(start.seq) };
         let mut response = SyncTasksResponse {
-            next_sync_token: crate::sync::token::encode(caller.user_id, next),
+            next_sync_token: crate::sync::token::encode(caller.user_id, SyncPosition { seq, ..start }),
             has_more,
             ..SyncTasksResponse::default()
         };
         for change in changes {
-            match change_of(change, start, caller.user_id) {
+            match change_of(change, start.seq, caller.user_id) {
                 Some((ChangeType::Deleted, task)) => response.deleted_task_ids.push(task.id),
                 Some((_, task)) => response.changed_tasks.push(task),
                 None => {}
@@ -184,8 +192,14 @@ impl TaskApi {
         let subscription = self.hub.subscribe(caller.user_id);
         let open = self.hub.open_streams.enter();
         let feed = feed::position(&self.pool, &caller).await.map_err(SyncError::Db)?;
-        let position = if req.sync_token.is_empty() { feed.seq } else { start };
-        check_position(position, feed)?;
+        let position = match start {
+            Some(position) => {
+                check_position(position, feed)?;
+                position
+            }
+            // "": only what comes from now on.
+            None => SyncPosition { seq: feed.seq, floor: feed.pruned_seq },
+        };
         let watcher = Watcher {
             pool: self.pool.clone(),
             authenticator: self.authenticator.clone(),

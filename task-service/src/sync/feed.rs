@@ -82,8 +82,10 @@ pub async fn changes_after(
     after: i64,
     limit: i64,
 ) -> Result<(Position, Vec<Change>), sqlx::Error> {
-    // One transaction, so the position and the changes agree.
-    let mut tx = pool.begin().await?;
+    // One snapshot for both statements (READ COMMITTED would take one each), so the position
+    // and the changes agree: a prune committing in between cannot pass a token whose tombstones
+    // it has just removed.
+    let mut tx = pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
     let position = position(&mut *tx, caller).await?;
     let rows: Vec<ChangeRow> =
         sqlx::query_as(CHANGES_AFTER).bind(caller.user_id).bind(after).bind(limit).fetch_all(&mut *tx).await?;
@@ -110,6 +112,8 @@ pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Erro
                  DELETE FROM task_versions WHERE (user_id, task_id) IN (
                      SELECT user_id, task_id FROM task_versions
                      WHERE deleted_at < now() - make_interval(secs => $1) LIMIT 5000)
+                 -- Again, on the row as it is when locked: a task brought back meanwhile stays.
+                 AND deleted_at < now() - make_interval(secs => $1)
                  RETURNING user_id, seq),
              raised AS (
                  UPDATE task_feeds f SET pruned_seq = GREATEST(f.pruned_seq, h.seq)

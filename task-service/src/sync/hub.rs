@@ -112,6 +112,11 @@ impl Hub {
             && self.last_heard.lock().expect("hub lock is never poisoned: no panics inside").elapsed() < STALE
     }
 
+    /// Becomes true when the server starts to stop.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
     /// Tells every stream to end (server shutdown) and waits at most `wait` for them to be sent.
     pub async fn close(&self, wait: Duration) {
         self.closing.send_replace(true);
@@ -177,6 +182,14 @@ impl Hub {
         let users = self.users.lock().expect("hub lock is never poisoned: no panics inside");
         for user_id in rows.iter().filter_map(|(_, user)| *user) {
             if let Some(tx) = users.get(&user_id) {
+                tx.send_modify(|n| *n += 1);
+            }
+        }
+        // Streams that subscribed while the poll ran were not asked about, and a change they
+        // have not read may be below the next horizon: they look once.
+        let asked: std::collections::HashSet<&Uuid> = watched.iter().collect();
+        for (user_id, tx) in users.iter() {
+            if !asked.contains(user_id) {
                 tx.send_modify(|n| *n += 1);
             }
         }

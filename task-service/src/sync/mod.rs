@@ -17,6 +17,7 @@ use crate::service::task_message;
 use feed::{Change, Position};
 use todo_proto::task::v1::{ChangeType, Task};
 use todo_shared::status::{FieldViolation, TASK_DOMAIN, database_error, invalid_argument, with_reason};
+use token::SyncPosition;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
@@ -57,11 +58,12 @@ impl From<SyncError> for Status {
     }
 }
 
-/// Refuses a position the feed cannot continue from.
-pub fn check_position(position: i64, feed: Position) -> Result<(), SyncError> {
-    if position < feed.pruned_seq {
+/// Refuses a position the feed cannot continue from: tombstones above both the client's
+/// position and its floor were pruned (or the feed started over), or it is ahead of the feed.
+pub fn check_position(position: SyncPosition, feed: Position) -> Result<(), SyncError> {
+    if position.seq.max(position.floor) < feed.pruned_seq {
         Err(SyncError::Expired)
-    } else if position > feed.seq {
+    } else if position.seq > feed.seq {
         Err(SyncError::Unknown)
     } else {
         Ok(())

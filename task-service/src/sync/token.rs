@@ -7,8 +7,17 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-const VERSION: u8 = 1;
-const LEN: usize = 1 + 8 + 8;
+const VERSION: u8 = 2;
+const LEN: usize = 1 + 8 + 8 + 8;
+
+/// Where a client stands in its feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncPosition {
+    /// The last change the client has.
+    pub seq: i64,
+    /// Pruned tombstones up to here do not concern the client.
+    pub floor: i64,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SyncTokenError {
@@ -25,18 +34,19 @@ fn fingerprint(user_id: Uuid) -> [u8; 8] {
     hasher.finalize()[..8].try_into().expect("a SHA-256 digest has at least 8 bytes")
 }
 
-pub fn encode(user_id: Uuid, position: i64) -> String {
+pub fn encode(user_id: Uuid, position: SyncPosition) -> String {
     let mut bytes = Vec::with_capacity(LEN);
     bytes.push(VERSION);
     bytes.extend_from_slice(&fingerprint(user_id));
-    bytes.extend_from_slice(&position.to_be_bytes());
+    bytes.extend_from_slice(&position.seq.to_be_bytes());
+    bytes.extend_from_slice(&position.floor.to_be_bytes());
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// The position a token stands for; "" is the start of the feed (position 0).
-pub fn decode(user_id: Uuid, token: &str) -> Result<i64, SyncTokenError> {
+/// The position a token stands for; None for "" (the start of the feed).
+pub fn decode(user_id: Uuid, token: &str) -> Result<Option<SyncPosition>, SyncTokenError> {
     if token.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     if token.len() > 64 {
         return Err(SyncTokenError::Malformed);
@@ -48,11 +58,12 @@ pub fn decode(user_id: Uuid, token: &str) -> Result<i64, SyncTokenError> {
     if bytes[1..9] != fingerprint(user_id) {
         return Err(SyncTokenError::OtherUser);
     }
-    let position = i64::from_be_bytes(bytes[9..17].try_into().expect("slice of 8"));
-    if position < 0 {
+    let seq = i64::from_be_bytes(bytes[9..17].try_into().expect("slice of 8"));
+    let floor = i64::from_be_bytes(bytes[17..25].try_into().expect("slice of 8"));
+    if seq < 0 || floor < 0 {
         return Err(SyncTokenError::Malformed);
     }
-    Ok(position)
+    Ok(Some(SyncPosition { seq, floor }))
 }
 
 #[cfg(test)]
@@ -62,10 +73,12 @@ mod tests {
     #[test]
     fn round_trips_and_is_bound_to_the_user() {
         let (me, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
-        assert_eq!(decode(me, &encode(me, 42)), Ok(42));
-        assert_eq!(decode(me, ""), Ok(0));
-        assert_eq!(decode(other, &encode(me, 42)), Err(SyncTokenError::OtherUser));
-        for junk in ["abc", "!!!!", &"A".repeat(100), &encode(me, -1)] {
+        let at = SyncPosition { seq: 42, floor: 7 };
+        assert_eq!(decode(me, &encode(me, at)), Ok(Some(at)));
+        assert_eq!(decode(me, ""), Ok(None));
+        assert_eq!(decode(other, &encode(me, at)), Err(SyncTokenError::OtherUser));
+        let negative = encode(me, SyncPosition { seq: -1, floor: 0 });
+        for junk in ["abc", "!!!!", &"A".repeat(100), &negative] {
             assert_eq!(decode(me, junk), Err(SyncTokenError::Malformed), "{junk}");
         }
     }
@@ -79,7 +92,7 @@ mod tests {
             let _ = decode(me, &token);
             let encoded = URL_SAFE_NO_PAD.encode(&raw);
             // "" is the start of the feed, not a token this module made.
-            if let (false, Ok(position)) = (encoded.is_empty(), decode(me, &encoded)) {
+            if let Ok(Some(position)) = decode(me, &encoded) {
                 proptest::prop_assert_eq!(encode(me, position), encoded);
             }
         }

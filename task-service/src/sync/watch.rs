@@ -5,6 +5,7 @@
 
 use super::feed::{self, Change};
 use super::hub::{Subscription, Wake};
+use super::token::SyncPosition;
 use super::{SyncError, change_of};
 use std::future::Future;
 use std::pin::Pin;
@@ -75,7 +76,7 @@ impl tokio_stream::Stream for Events {
 
 impl Watcher {
     /// Starts the stream's task at `position` (the last change the client has).
-    pub fn start(self, position: i64, open: InFlightGuard) -> Events {
+    pub fn start(self, position: SyncPosition, open: InFlightGuard) -> Events {
         let (events_tx, events) = mpsc::channel(self.settings.buffer);
         let (end_tx, end) = oneshot::channel();
         tokio::spawn(async move {
@@ -87,7 +88,7 @@ impl Watcher {
     }
 
     /// Returns the status that ends the stream, or None when the client has gone.
-    async fn run(mut self, mut position: i64, events: &mpsc::Sender<WatchTasksResponse>) -> Option<Status> {
+    async fn run(mut self, mut position: SyncPosition, events: &mpsc::Sender<WatchTasksResponse>) -> Option<Status> {
         let mut look = true;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -122,27 +123,35 @@ impl Watcher {
     }
 
     /// Sends every change after `position`, a page at a time. Ok(false): the client has gone.
-    async fn deliver(&self, position: &mut i64, events: &mpsc::Sender<WatchTasksResponse>) -> Result<bool, Status> {
+    async fn deliver(
+        &self,
+        position: &mut SyncPosition,
+        events: &mpsc::Sender<WatchTasksResponse>,
+    ) -> Result<bool, Status> {
         let page = self.settings.buffer.clamp(16, 500) as i64;
         loop {
-            let (feed, changes) = feed::changes_after(&self.pool, &self.caller, *position, page)
+            let (feed, changes) = feed::changes_after(&self.pool, &self.caller, position.seq, page)
                 .await
                 .map_err(|e| Status::from(SyncError::Db(e)))?;
-            // The feed started over (TRUNCATE) under this stream.
-            if *position < feed.pruned_seq {
-                return Err(SyncError::Expired.into());
-            }
+            // Tombstones this stream still needed were pruned, or the feed started over (TRUNCATE).
+            super::check_position(*position, feed)?;
             let full = changes.len() as i64 == page;
             for change in changes {
                 let seq = change.seq;
                 if let Some(event) = self.event(change, *position) {
-                    match tokio::time::timeout(self.settings.slow_reader, events.send(event)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return Ok(false),
-                        Err(_) => return Err(slow_reader(self.settings)),
+                    let send = tokio::time::timeout(self.settings.slow_reader, events.send(event));
+                    // A stop does not wait for a slow reader's buffer.
+                    let mut closing = self.subscription.hub.closing();
+                    tokio::select! {
+                        sent = send => match sent {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return Ok(false),
+                            Err(_) => return Err(slow_reader(self.settings)),
+                        },
+                        _ = closing.wait_for(|closing| *closing) => return Err(shutting_down()),
                     }
                 }
-                *position = seq;
+                position.seq = seq;
             }
             if !full {
                 return Ok(true);
@@ -150,12 +159,12 @@ impl Watcher {
         }
     }
 
-    fn event(&self, change: Change, position: i64) -> Option<WatchTasksResponse> {
-        let seq = change.seq;
-        change_of(change, position, self.caller.user_id).map(|(change_type, task)| WatchTasksResponse {
+    fn event(&self, change: Change, position: SyncPosition) -> Option<WatchTasksResponse> {
+        let at = SyncPosition { seq: change.seq, ..position };
+        change_of(change, position.seq, self.caller.user_id).map(|(change_type, task)| WatchTasksResponse {
             change_type: change_type.into(),
             task: Some(task),
-            sync_token: super::token::encode(self.caller.user_id, seq),
+            sync_token: super::token::encode(self.caller.user_id, at),
         })
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+use task_service::sync::token::SyncPosition;
 use testkit::{TestApp, assert_error, authed, bad_fields};
 use todo_proto::task::v1::*;
 use tonic::Code;
@@ -108,7 +109,7 @@ async fn bad_sync_requests_name_the_field() {
 
     // A position the feed has never reached (a token from another database, or one restored
     // from an older backup): sync again from the start.
-    let ahead = task_service::sync::token::encode(alice.id, 1_000);
+    let ahead = task_service::sync::token::encode(alice.id, SyncPosition { seq: 1_000, floor: 0 });
     assert_error(&sync(&app, &alice, &ahead, 0).await.unwrap_err(), Code::FailedPrecondition, "SYNC_TOKEN_UNKNOWN");
 }
 
@@ -120,24 +121,33 @@ async fn tokens_older_than_the_tombstones_must_sync_again() {
     let old = sync(&app, &alice, "", 0).await.unwrap().next_sync_token;
     delete(&app, &alice, a.id).await;
     let recent = sync(&app, &alice, &old, 0).await.unwrap().next_sync_token;
+    let (c, d, e) = (create(&app, &alice, "c").await, create(&app, &alice, "d").await, create(&app, &alice, "e").await);
+    // e's deletion is the newest change, and it will be pruned too.
+    delete(&app, &alice, e.id).await;
 
     // A month and a half later the tombstone is pruned, as the service's hourly job does.
-    sqlx::query("UPDATE task_versions SET deleted_at = now() - interval '46 days' WHERE task_id = $1")
-        .bind(a.id as i32)
+    sqlx::query("UPDATE task_versions SET deleted_at = now() - interval '46 days' WHERE deleted_at IS NOT NULL")
         .execute(&app.db.pool)
         .await
         .unwrap();
     let removed = task_service::sync::feed::prune(&app.db.pool, Duration::from_secs(45 * 86_400)).await.unwrap();
-    assert_eq!(removed, 1);
+    assert_eq!(removed, 2);
 
     // The old token would miss the deletion: refused, with what to do.
     let status = sync(&app, &alice, &old, 0).await.unwrap_err();
     assert_error(&status, Code::FailedPrecondition, "SYNC_TOKEN_EXPIRED");
     assert!(status.message().contains("empty sync_token"), "{status:?}");
-    // A token from after the deletion goes on; a fresh sync gives the current list.
-    assert!(sync(&app, &alice, &recent, 0).await.is_ok());
-    let (changed, deleted, _) = sync_all(&app, &alice, "").await;
-    assert_eq!((changed, deleted), (titles(&[(b.id, "b")]), vec![]));
+    // A token from between the two deletions is refused too (e's tombstone is gone).
+    assert_error(&sync(&app, &alice, &recent, 0).await.unwrap_err(), Code::FailedPrecondition, "SYNC_TOKEN_EXPIRED");
+    // A fresh sync pages through the current list (pages of 2), and the token it ends with
+    // goes on: tombstones pruned before it began do not concern it.
+    let (changed, deleted, fresh) = sync_all(&app, &alice, "").await;
+    assert_eq!((changed, deleted), (titles(&[(b.id, "b"), (c.id, "c"), (d.id, "d")]), vec![]));
+    let next = sync(&app, &alice, &fresh, 0).await.unwrap();
+    assert!(next.changed_tasks.is_empty() && next.deleted_task_ids.is_empty() && !next.has_more);
+    rename(&app, &alice, c.id, "c2").await;
+    let (changed, _, _) = sync_all(&app, &alice, &fresh).await;
+    assert_eq!(changed, titles(&[(c.id, "c2")]));
 }
 
 #[tokio::test]
@@ -175,8 +185,12 @@ async fn changes_by_anyone_are_in_the_feed() {
     // TRUNCATE records no rows: every feed starts over and every old token must sync again.
     sqlx::raw_sql("TRUNCATE tasks CASCADE").execute(&app.db.pool).await.unwrap();
     assert_error(&sync(&app, &alice, &alices, 0).await.unwrap_err(), Code::FailedPrecondition, "SYNC_TOKEN_EXPIRED");
-    let (changed, deleted, _) = sync_all(&app, &alice, "").await;
+    let (changed, deleted, fresh) = sync_all(&app, &alice, "").await;
     assert!(changed.is_empty() && deleted.is_empty());
+    // The token a fresh sync ends with goes on after the reset.
+    let later = create(&app, &alice, "after the reset").await;
+    let (changed, _, _) = sync_all(&app, &alice, &fresh).await;
+    assert_eq!(changed, titles(&[(later.id, "after the reset")]));
 }
 
 #[tokio::test]

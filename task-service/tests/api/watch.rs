@@ -257,7 +257,8 @@ async fn watch_refuses_bad_and_expired_tokens_up_front() {
     let request = WatchTasksRequest { sync_token: "junk".into() };
     let status = app.tasks.clone().watch_tasks(authed(request, &alice.token)).await.unwrap_err();
     assert_error(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
-    let ahead = task_service::sync::token::encode(alice.id, 99);
+    let ahead =
+        task_service::sync::token::encode(alice.id, task_service::sync::token::SyncPosition { seq: 99, floor: 0 });
     let request = WatchTasksRequest { sync_token: ahead };
     let status = app.tasks.clone().watch_tasks(authed(request, &alice.token)).await.unwrap_err();
     assert_error(&status, Code::FailedPrecondition, "SYNC_TOKEN_UNKNOWN");
