@@ -129,6 +129,8 @@ impl Watcher {
         events: &mpsc::Sender<WatchTasksResponse>,
     ) -> Result<bool, Status> {
         let page = self.settings.buffer.clamp(16, 500) as i64;
+        // A stop does not wait for a slow reader's buffer.
+        let mut closing = self.subscription.hub.closing();
         loop {
             let (feed, changes) = feed::changes_after(&self.pool, &self.caller, position.seq, page)
                 .await
@@ -140,8 +142,6 @@ impl Watcher {
                 let seq = change.seq;
                 if let Some(event) = self.event(change, *position) {
                     let send = tokio::time::timeout(self.settings.slow_reader, events.send(event));
-                    // A stop does not wait for a slow reader's buffer.
-                    let mut closing = self.subscription.hub.closing();
                     tokio::select! {
                         sent = send => match sent {
                             Ok(Ok(())) => {}

@@ -33,6 +33,29 @@ pub async fn delete(app: &TestApp, u: &User, id: i64) {
     app.tasks.clone().delete_task(authed(DeleteTaskRequest { id, etag: String::new() }, &u.token)).await.unwrap();
 }
 
+/// A slow writer changes `task` and keeps its transaction open, then a CreateTask of `title` starts
+/// (it waits for the slow one: a user's changes commit in order). Commit the transaction to let
+/// the create finish.
+pub async fn slow_update_then_create(
+    app: &TestApp,
+    u: &User,
+    task: &Task,
+    title: &str,
+) -> (sqlx::Transaction<'static, sqlx::Postgres>, tokio::task::JoinHandle<Task>) {
+    let mut slow = app.db.pool.begin().await.unwrap();
+    sqlx::query("UPDATE tasks SET title = 'slow' WHERE id = $1")
+        .bind(task.id as i32)
+        .execute(&mut *slow)
+        .await
+        .unwrap();
+    let (tasks, token, title) = (app.tasks.clone(), u.token.clone(), title.to_owned());
+    let fast = tokio::spawn(async move {
+        let request = CreateTaskRequest { title, ..Default::default() };
+        tasks.clone().create_task(authed(request, &token)).await.unwrap().into_inner().task.unwrap()
+    });
+    (slow, fast)
+}
+
 async fn sync(app: &TestApp, u: &User, token: &str, page_size: i32) -> Result<SyncTasksResponse, tonic::Status> {
     let request = SyncTasksRequest { sync_token: token.into(), page_size };
     app.tasks.clone().sync_tasks(authed(request, &u.token)).await.map(|r| r.into_inner())
@@ -200,21 +223,8 @@ async fn a_transaction_that_started_first_and_committed_last_is_not_skipped() {
     let slow_task = create(&app, &alice, "before").await;
     let (_, _, token) = sync_all(&app, &alice, "").await;
 
-    // A slow writer changes a task and keeps its transaction open...
-    let mut slow = app.db.pool.begin().await.unwrap();
-    sqlx::query("UPDATE tasks SET title = 'slow' WHERE id = $1")
-        .bind(slow_task.id as i32)
-        .execute(&mut *slow)
-        .await
-        .unwrap();
-    // ...while a fast one starts after it (it waits for the slow one: a user's changes commit in order).
-    let fast = {
-        let (app_tasks, token) = (app.tasks.clone(), alice.token.clone());
-        tokio::spawn(async move {
-            let request = CreateTaskRequest { title: "fast".into(), ..Default::default() };
-            app_tasks.clone().create_task(authed(request, &token)).await.unwrap().into_inner().task.unwrap()
-        })
-    };
+    // A slow writer changes a task and keeps its transaction open while a fast one starts after it.
+    let (slow, fast) = slow_update_then_create(&app, &alice, &slow_task, "fast").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A sync meanwhile sees neither, and its token does not move past the slow change.
     let (changed, _, during) = sync_all(&app, &alice, &token).await;

@@ -1,7 +1,7 @@
 //! WatchTasks: live changes on every instance, resume without gap or duplicate, the slow reader,
 //! the end of a stream (shutdown, revocation, account deletion).
 
-use crate::sync::{User, create, delete, rename, user};
+use crate::sync::{User, create, delete, rename, slow_update_then_create, user};
 use std::time::{Duration, Instant};
 use testkit::{TestApp, assert_error, authed, channel, spawn_task, task_config};
 use todo_proto::task::v1::task_service_client::TaskServiceClient;
@@ -125,19 +125,7 @@ async fn a_slow_transaction_reaches_the_stream_before_the_change_that_waited_for
     let alice = user(&app, "alice@example.com").await;
     let task = create(&app, &alice, "before").await;
     let mut stream = watch(&app.tasks, &alice, "").await;
-    let mut slow = app.db.pool.begin().await.unwrap();
-    sqlx::query("UPDATE tasks SET title = 'slow' WHERE id = $1")
-        .bind(task.id as i32)
-        .execute(&mut *slow)
-        .await
-        .unwrap();
-    let fast = {
-        let (tasks, token) = (app.tasks.clone(), alice.token.clone());
-        tokio::spawn(async move {
-            let request = CreateTaskRequest { title: "fast".into(), ..Default::default() };
-            tasks.clone().create_task(authed(request, &token)).await.unwrap().into_inner().task.unwrap()
-        })
-    };
+    let (slow, fast) = slow_update_then_create(&app, &alice, &task, "fast").await;
     assert_quiet(&mut stream, Duration::from_millis(300)).await;
     slow.commit().await.unwrap();
     let fast = fast.await.unwrap();
