@@ -18,6 +18,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long one "does the database answer?" attempt may take before it counts as failed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long start-up attempts must have failed before waiting calls are refused.
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(1);
 
 /// The database start-up steps of a service; the server refuses its calls until they succeed.
 pub type Startup = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
@@ -33,6 +35,7 @@ where
     Fut: Future<Output = anyhow::Result<T>>,
 {
     let mut backoff = FIRST_BACKOFF;
+    let started = std::time::Instant::now();
     for attempt in 1u32.. {
         let error = match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await {
             Err(_) => anyhow::anyhow!("the database did not answer within {PROBE_TIMEOUT:?}"),
@@ -49,11 +52,15 @@ where
                 Err(e) => return Err(e),
             },
         };
-        let _ = STATE.try_with(|state| {
-            if !state.get() {
-                state.store(UNREACHABLE);
-            }
-        });
+        // Calls waiting for the start are refused only once attempts have failed for a moment:
+        // one quick failure on a busy machine (or pooler) is retried within 100 ms.
+        if started.elapsed() >= UNREACHABLE_AFTER {
+            let _ = STATE.try_with(|state| {
+                if !state.get() {
+                    state.store(UNREACHABLE);
+                }
+            });
+        }
         tracing::warn!(
             attempt,
             retry_in = ?backoff,
