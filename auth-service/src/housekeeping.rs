@@ -3,18 +3,18 @@
 //! long ago or can no longer be refreshed.
 
 use crate::store;
-use sqlx::PgPool;
 use std::time::Duration;
+use todo_shared::db::Db;
 
 /// How long revoked sessions are kept: past any verifier's revocation window (at most 30 days).
 pub const KEEP_REVOKED_SESSIONS: Duration = Duration::from_secs(31 * 86_400);
 
-pub async fn run_once(pool: &PgPool, throttle_window: Duration) -> Result<(), sqlx::Error> {
+pub async fn run_once(pool: &Db, throttle_window: Duration) -> Result<(), sqlx::Error> {
     store::throttle_prune(pool, throttle_window).await?;
     store::prune_sessions(pool, KEEP_REVOKED_SESSIONS).await
 }
 
-pub fn spawn(pool: PgPool, throttle_window: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn(pool: Db, throttle_window: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;

@@ -8,7 +8,6 @@ use crate::throttle::{AttemptKeys, LoginThrottle};
 use crate::tokens::{NewRefreshToken, TokenIssuer, hash_refresh_token, refresh_expiry};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sqlx::PgPool;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +15,7 @@ use todo_proto::auth::v1::auth_service_server::AuthService;
 use todo_proto::auth::v1::*;
 use todo_shared::Caller;
 use todo_shared::caller::authenticate;
+use todo_shared::db::{Db, Tx};
 use todo_shared::proto_time::{optional_timestamp, timestamp};
 use todo_shared::status::{FieldViolation, all_valid};
 use todo_shared::token::{TokenError, TokenVerifier};
@@ -26,7 +26,7 @@ use uuid::Uuid;
 const MAX_GRACE_EXCHANGES: i32 = 2;
 
 pub struct AuthApi {
-    pub(crate) pool: PgPool,
+    pub(crate) pool: Db,
     pub(crate) hasher: PasswordHasher,
     pub(crate) issuer: Arc<TokenIssuer>,
     pub(crate) verifier: Arc<TokenVerifier>,
@@ -72,7 +72,7 @@ impl AuthApi {
     }
 
     /// Opens a session for `user_id` inside `tx` and returns its first token pair.
-    async fn open_session(&self, tx: &mut sqlx::PgConnection, user_id: Uuid) -> Result<TokenPair, AuthError> {
+    async fn open_session(&self, tx: &mut Tx, user_id: Uuid) -> Result<TokenPair, AuthError> {
         let session_id = store::create_session(&mut *tx, user_id).await?;
         let refresh = NewRefreshToken::generate();
         store::insert_refresh_token(&mut *tx, session_id, &refresh.hash, refresh_expiry(self.refresh_ttl)).await?;
@@ -110,7 +110,7 @@ impl AuthApi {
         let (email, password) = (email?, password?);
         let hash = self.hasher.hash(password.expose()).await?;
         let mut tx = self.pool.begin().await?;
-        let user = store::insert_user(&mut *tx, email.as_str(), &hash).await.map_err(email_taken_or)?;
+        let user = store::insert_user(&mut tx, email.as_str(), &hash).await.map_err(email_taken_or)?;
         let tokens = self.open_session(&mut tx, user.id).await?;
         tx.commit().await?;
         tracing::info!(user_id = %user.id, "signed up");
@@ -159,19 +159,18 @@ impl AuthApi {
             // concurrent refresh (two tabs), not a thief: it gets a pair of its own. Only a few
             // such exchanges per token, so that the window cannot mint pairs without end.
             Some(spent_at) if state.now - spent_at <= grace && state.grace_exchanges < MAX_GRACE_EXCHANGES => {
-                store::count_grace_exchange(&mut *tx, &hash).await?;
+                store::count_grace_exchange(&mut tx, &hash).await?;
             }
             Some(_) => {
-                store::revoke_session(&mut *tx, state.session_id, RevokeReason::RefreshTokenReused).await?;
+                store::revoke_session(&mut tx, state.session_id, RevokeReason::RefreshTokenReused).await?;
                 tx.commit().await?;
                 tracing::warn!(session_id = %state.session_id, "refresh token reused: session revoked");
                 return Err(AuthError::RefreshTokenReused);
             }
-            None => store::spend_refresh_token(&mut *tx, &hash).await?,
+            None => store::spend_refresh_token(&mut tx, &hash).await?,
         }
         let refresh = NewRefreshToken::generate();
-        store::insert_refresh_token(&mut *tx, state.session_id, &refresh.hash, refresh_expiry(self.refresh_ttl))
-            .await?;
+        store::insert_refresh_token(&mut tx, state.session_id, &refresh.hash, refresh_expiry(self.refresh_ttl)).await?;
         tx.commit().await?;
         let tokens = self.issuer.pair(state.user_id, state.session_id, &refresh)?;
         Ok(RefreshTokenResponse { tokens: Some(tokens) })
@@ -211,9 +210,9 @@ impl AuthApi {
         self.check_password(&keys, current.expose(), Some(&credentials.password_hash)).await?;
         let hash = self.hasher.hash(new.expose()).await?;
         let mut tx = self.pool.begin().await?;
-        store::set_password_hash(&mut *tx, &caller, &hash).await?;
+        store::set_password_hash(&mut tx, &caller, &hash).await?;
         // Every existing session ends, the caller's own included: the new pair starts a new one.
-        store::revoke_sessions_of(&mut *tx, &caller, RevokeReason::PasswordChanged).await?;
+        store::revoke_sessions_of(&mut tx, &caller, RevokeReason::PasswordChanged).await?;
         let tokens = self.open_session(&mut tx, caller.user_id).await?;
         tx.commit().await?;
         tracing::info!(user_id = %caller.user_id, "password changed; other sessions revoked");

@@ -12,9 +12,9 @@ use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use jsonwebtoken::EncodingKey;
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 use std::path::Path;
 use std::time::Duration;
+use todo_shared::db::Db;
 
 pub struct TokenSigningKey {
     pub kid: String,
@@ -65,7 +65,7 @@ impl TokenSigningKey {
     /// Makes the public key verify from now on. A key that was retired stays retired: an
     /// instance restarted with a retired (perhaps leaked) key refuses to start rather than
     /// quietly make it valid again.
-    pub async fn register(&self, pool: &PgPool) -> anyhow::Result<()> {
+    pub async fn register(&self, pool: &Db) -> anyhow::Result<()> {
         sqlx::query("INSERT INTO signing_keys (kid, public_key) VALUES ($1, $2) ON CONFLICT (kid) DO NOTHING")
             .bind(&self.kid)
             .bind(&self.public_key[..])
@@ -86,14 +86,14 @@ impl TokenSigningKey {
     }
 
     /// Stops the key verifying once `after` has passed: when its last token has expired.
-    pub async fn retire_after(&self, pool: &PgPool, after: Duration) -> Result<(), sqlx::Error> {
+    pub async fn retire_after(&self, pool: &Db, after: Duration) -> Result<(), sqlx::Error> {
         retire(pool, &self.kid, after).await.map(|_| ())
     }
 }
 
 /// Stops the key `kid` verifying once `after` has passed; false if no such key exists.
 /// Verifiers hear of it at once (a trigger notifies them) and GetJwks stops listing it then.
-pub async fn retire(pool: &PgPool, kid: &str, after: Duration) -> Result<bool, sqlx::Error> {
+pub async fn retire(pool: &Db, kid: &str, after: Duration) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("UPDATE signing_keys SET retired_at = now() + make_interval(secs => $2) WHERE kid = $1")
         .bind(kid)
         .bind(after.as_secs_f64())

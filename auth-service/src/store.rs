@@ -3,8 +3,9 @@
 //! verified `Caller`.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, Postgres, Transaction};
+use sqlx::PgExecutor;
 use todo_shared::Caller;
+use todo_shared::db::Tx;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -148,10 +149,7 @@ pub struct RefreshTokenState {
     pub now: DateTime<Utc>,
 }
 
-pub async fn lock_refresh_token(
-    tx: &mut Transaction<'_, Postgres>,
-    hash: &[u8; 32],
-) -> Result<Option<RefreshTokenState>, sqlx::Error> {
+pub async fn lock_refresh_token(tx: &mut Tx, hash: &[u8; 32]) -> Result<Option<RefreshTokenState>, sqlx::Error> {
     sqlx::query_as(
         "SELECT r.session_id, s.user_id, r.expires_at, r.spent_at, r.grace_exchanges,
                 s.revoked_at IS NOT NULL AS session_revoked,
@@ -161,7 +159,7 @@ pub async fn lock_refresh_token(
          FOR UPDATE OF r",
     )
     .bind(&hash[..])
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await
 }
 

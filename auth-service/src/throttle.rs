@@ -9,9 +9,9 @@
 //! account. A success clears the account's count.
 
 use crate::store;
-use sqlx::PgPool;
 use std::net::IpAddr;
 use std::time::Duration;
+use todo_shared::db::Db;
 
 #[derive(Debug, Clone)]
 pub struct ThrottleConfig {
@@ -22,7 +22,7 @@ pub struct ThrottleConfig {
 
 #[derive(Clone)]
 pub struct LoginThrottle {
-    pool: PgPool,
+    pool: Db,
     config: ThrottleConfig,
 }
 
@@ -48,7 +48,7 @@ impl AttemptKeys {
 }
 
 impl LoginThrottle {
-    pub fn new(pool: PgPool, config: ThrottleConfig) -> Self {
+    pub fn new(pool: Db, config: ThrottleConfig) -> Self {
         Self { pool, config }
     }
 

@@ -15,7 +15,8 @@ fn start(db: &TestDatabase, addr: std::net::SocketAddr) -> ServiceProcess {
         env!("CARGO_BIN_EXE_auth-service"),
         "AUTH_ADDR",
         addr,
-        &[("DATABASE_URL", &db.service_url), ("RUN_MIGRATIONS", "false"), ("BCRYPT_COST", "4")],
+        db,
+        &[("RUN_MIGRATIONS", "false"), ("BCRYPT_COST", "4")],
     )
 }
 

@@ -41,7 +41,7 @@ fn token_verification(c: &mut Criterion) {
             .execute(&db.pool)
             .await
             .expect("inserts the key");
-        let keys = Arc::new(KeyRing::new(db.pool.clone()));
+        let keys = Arc::new(KeyRing::new(db.pool.clone().into()));
         keys.reload().await.expect("loads the key");
         TokenVerifier::new(keys, &config)
     });

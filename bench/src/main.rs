@@ -1,5 +1,7 @@
-//! `cargo run --release -p bench -- all [--quick]`: drives the real services over gRPC and
-//! prints one JSON object per line per scenario, next to pgbench on the same statements.
+//! `cargo run --release -p bench -- all [--quick] [--pgbouncer]`: drives the real services over
+//! gRPC and prints one JSON object per line per scenario, next to pgbench on the same statements
+//! (straight to PostgreSQL). With `--pgbouncer` the services reach PostgreSQL through PgBouncer in
+//! transaction mode (`DB_POOL_MODE=transaction`).
 //!
 //! Everything is its own: a private PostgreSQL, both services built in release mode and run as
 //! separate processes, data seeded by SQL. See docs/BENCHMARKS.md for what the figures mean.
@@ -34,6 +36,8 @@ const USERS: i64 = 100;
 
 struct Options {
     quick: bool,
+    /// The services go through PgBouncer in transaction mode.
+    pgbouncer: bool,
 }
 
 impl Options {
@@ -123,7 +127,23 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
     let url = pg.url("postgres");
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await?;
     todo_shared::db::migrate(&pool).await?;
-    let env = [("DATABASE_URL", url.clone()), ("RUN_MIGRATIONS", "false".into())];
+    let bouncer = match options.pgbouncer {
+        true => {
+            let dir = std::env::temp_dir().join(format!("todo-bench-pgb-{}", uuid::Uuid::new_v4().simple()));
+            Some(localpg::pgbouncer::PgBouncer::start(&pg, &dir, "transaction").map_err(anyhow::Error::msg)?)
+        }
+        false => None,
+    };
+    let env = match &bouncer {
+        Some(bouncer) => vec![
+            ("DATABASE_URL", bouncer.url("postgres")),
+            ("DATABASE_DIRECT_URL", url.clone()),
+            ("DB_POOL_MODE", "transaction".into()),
+            ("RUN_MIGRATIONS", "false".into()),
+        ],
+        None => vec![("DATABASE_URL", url.clone()), ("RUN_MIGRATIONS", "false".into())],
+    };
+    println!("{}", json!({"scenario": "setup", "pgbouncer": options.pgbouncer}));
 
     // Startup and idle memory, with migrations already applied.
     let (task_service, task_startup) = stack::spawn_service(&bin_dir, "task-service", "TASK_ADDR", &env).await?;
@@ -419,10 +439,11 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) != Some("all") {
-        eprintln!("usage: cargo run --release -p bench -- all [--quick]");
+        eprintln!("usage: cargo run --release -p bench -- all [--quick] [--pgbouncer]");
         return std::process::ExitCode::from(2);
     }
-    let options = Options { quick: args.iter().any(|a| a == "--quick") };
+    let options =
+        Options { quick: args.iter().any(|a| a == "--quick"), pgbouncer: args.iter().any(|a| a == "--pgbouncer") };
     match run_all(options).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

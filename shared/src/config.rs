@@ -93,9 +93,9 @@ pub struct DbConfig {
     /// (session advisory lock) and LISTEN. `DATABASE_DIRECT_URL`; `url` when unset.
     pub direct_url: Option<SecretString>,
     pub max_connections: u32,
-    /// `DB_STATEMENT_CACHE`; on by default. Off does not make sqlx safe behind a transaction
-    /// pooler (see db::pool); kept for experiments.
-    pub statement_cache: bool,
+    /// `DB_POOL_MODE`: `session` (PostgreSQL itself, or a pooler in session mode) or
+    /// `transaction` (a pooler in transaction mode; see `db::Db`).
+    pub pool_mode: crate::db::PoolMode,
     pub run_migrations: bool,
 }
 
@@ -121,11 +121,35 @@ impl DbConfig {
         if !(1..=1000).contains(&max_connections) {
             return Err(ConfigError::new("DB_MAX_CONNECTIONS", "must be from 1 to 1000"));
         }
+        if optional(env, "DB_STATEMENT_CACHE").is_some() {
+            return Err(ConfigError::new(
+                "DB_STATEMENT_CACHE",
+                "is no longer read: behind a pooler in transaction mode set DB_POOL_MODE=transaction",
+            ));
+        }
+        let pool_mode = match optional(env, "DB_POOL_MODE").as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("session") => crate::db::PoolMode::Session,
+            Some("transaction") => crate::db::PoolMode::Transaction,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "DB_POOL_MODE",
+                    "must be session (PostgreSQL itself or a pooler in session mode) or transaction \
+                     (a pooler in transaction mode, such as PgBouncer or Neon's pooled endpoint)",
+                ));
+            }
+        };
+        if pool_mode == crate::db::PoolMode::Transaction && direct_url.is_none() {
+            return Err(ConfigError::new(
+                "DATABASE_DIRECT_URL",
+                "must be set with DB_POOL_MODE=transaction: migrations (a session advisory lock) and \
+                 LISTEN need a session, which a pooler in transaction mode does not keep",
+            ));
+        }
         Ok(Self {
             url: SecretString::from(url),
             direct_url: direct_url.map(SecretString::from),
             max_connections,
-            statement_cache: boolean(env, "DB_STATEMENT_CACHE", true)?,
+            pool_mode,
             run_migrations: boolean(env, "RUN_MIGRATIONS", true)?,
         })
     }
@@ -143,7 +167,7 @@ impl fmt::Debug for DbConfig {
             .field("url", &self.redacted_url())
             .field("direct_url", &self.direct_url.as_ref().map(|u| redact_url(u.expose_secret())))
             .field("max_connections", &self.max_connections)
-            .field("statement_cache", &self.statement_cache)
+            .field("pool_mode", &self.pool_mode)
             .field("run_migrations", &self.run_migrations)
             .finish()
     }
@@ -225,6 +249,26 @@ mod tests {
         assert_eq!(err.to_string(), "DB_MAX_CONNECTIONS: expected a whole number, got \"lots\"");
         let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), ("RUN_MIGRATIONS", "maybe")];
         assert_eq!(DbConfig::from_env(&env).unwrap_err().var, "RUN_MIGRATIONS");
+    }
+
+    #[test]
+    fn pool_mode_transaction_needs_a_direct_url_and_the_old_switch_is_refused() {
+        use crate::db::PoolMode;
+        let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db")];
+        assert_eq!(DbConfig::from_env(&env).unwrap().pool_mode, PoolMode::Session);
+        let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), ("DB_POOL_MODE", "transaction")];
+        assert_eq!(DbConfig::from_env(&env).unwrap_err().var, "DATABASE_DIRECT_URL");
+        let env: &[(&str, &str)] = &[
+            ("DATABASE_URL", "postgres://pooler/db"),
+            ("DATABASE_DIRECT_URL", "postgres://h/db"),
+            ("DB_POOL_MODE", "Transaction"),
+        ];
+        assert_eq!(DbConfig::from_env(&env).unwrap().pool_mode, PoolMode::Transaction);
+        let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), ("DB_POOL_MODE", "statement")];
+        assert_eq!(DbConfig::from_env(&env).unwrap_err().var, "DB_POOL_MODE");
+        let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), ("DB_STATEMENT_CACHE", "false")];
+        let err = DbConfig::from_env(&env).unwrap_err();
+        assert!(err.to_string().contains("DB_POOL_MODE=transaction"), "{err}");
     }
 
     #[test]

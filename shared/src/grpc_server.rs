@@ -4,10 +4,10 @@
 use crate::access_log::AccessLogLayer;
 use crate::call_limits::CallLimitsLayer;
 use crate::config::EndpointConfig;
+use crate::db::Db;
 use crate::in_flight::InFlight;
 use crate::metrics::SampledGauge;
 use crate::startup::{Ready, Startup, StartupGateLayer};
-use sqlx::PgPool;
 use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -49,7 +49,7 @@ const QUIET_BEFORE_STOP: Duration = Duration::from_millis(250);
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
-    pool: PgPool,
+    pool: Db,
     services: &'static [&'static str],
     extras: ServeExtras,
     startup: Startup,
@@ -58,7 +58,7 @@ pub async fn serve(
     // The endpoint stops when this function returns (dropped), however it returns.
     let (metrics, _metrics_endpoint) = match extras.endpoint.metrics_addr {
         Some(addr) => {
-            let (grpc, endpoint) = crate::metrics::start(addr, services, &pool, extras.gauges).await?;
+            let (grpc, endpoint) = crate::metrics::start(addr, services, pool.pool(), extras.gauges).await?;
             (Some(grpc), Some(endpoint))
         }
         None => (None, None),

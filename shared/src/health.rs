@@ -1,6 +1,6 @@
 //! Health that follows the database: SERVING only while PostgreSQL answers.
 
-use sqlx::PgPool;
+use crate::db::Db;
 use std::time::Duration;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -25,13 +25,13 @@ pub async fn set_all(reporter: &HealthReporter, services: &[&'static str], statu
 }
 
 /// True when the database answers a trivial query in time.
-pub async fn database_answers(pool: &PgPool) -> bool {
+pub async fn database_answers(pool: &Db) -> bool {
     matches!(tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await, Ok(Ok(_)))
 }
 
 /// Probes the database every second and keeps the health statuses in step, until aborted.
 pub fn spawn_database_probe(
-    pool: PgPool,
+    pool: Db,
     reporter: HealthReporter,
     services: &'static [&'static str],
 ) -> tokio::task::JoinHandle<()> {
@@ -42,14 +42,14 @@ pub fn spawn_database_probe(
 /// too, so that calls are refused at once while the database is known to be away instead of
 /// each waiting out the pool's acquire timeout.
 pub async fn probe_database(
-    pool: PgPool,
+    pool: Db,
     reporter: HealthReporter,
     services: &'static [&'static str],
     ready: crate::startup::Ready,
 ) {
     // A connection of its own, not the pool's: a pool busy with slow calls is not an outage,
     // and a single connect attempt tells "refused" at once where the pool would retry.
-    let options = (*pool.connect_options()).clone();
+    let options = (*pool.pool().connect_options()).clone();
     let mut connection: Option<sqlx::PgConnection> = None;
     let mut last = None;
     loop {
@@ -94,7 +94,9 @@ async fn probe_once(options: &sqlx::postgres::PgConnectOptions, connection: &mut
         }
     }
     let Some(conn) = connection.as_mut() else { return Probe::Unreachable };
-    let probe = match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(conn)).await {
+    // The simple protocol: no prepared statement, which a pooler in transaction mode could hand
+    // to another server connection.
+    let probe = match tokio::time::timeout(PROBE_TIMEOUT, sqlx::Executor::execute(conn, "SELECT 1")).await {
         Ok(Ok(_)) => Probe::Answered,
         Ok(Err(_)) => Probe::Unreachable,
         Err(_) => Probe::Slow,

@@ -5,9 +5,9 @@
 //! when they meet an unknown `kid` (at most once a second), so they never call auth-service and
 //! accept a new instance's key at once.
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::DecodingKey;
-use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ pub struct PublicKeyRow {
 }
 
 /// Keys that verify now: not retired, or retired in the future.
-pub async fn active_keys(pool: &PgPool) -> Result<Vec<PublicKeyRow>, sqlx::Error> {
+pub async fn active_keys(pool: &Db) -> Result<Vec<PublicKeyRow>, sqlx::Error> {
     sqlx::query_as::<_, PublicKeyRow>(
         "SELECT kid, public_key, retired_at FROM signing_keys
          WHERE retired_at IS NULL OR retired_at > now()
@@ -66,7 +66,7 @@ struct Snapshot {
 
 /// A cache of the verifying keys by `kid`.
 pub struct KeyRing {
-    pool: PgPool,
+    pool: Db,
     loaded: RwLock<Loaded>,
     reload_lock: tokio::sync::Mutex<()>,
     last_attempt: RwLock<Option<Attempt>>,
@@ -86,7 +86,7 @@ pub enum KeyLookupError {
 }
 
 impl KeyRing {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: Db) -> Self {
         Self {
             pool,
             loaded: RwLock::new(Loaded { keys: Arc::new(HashMap::new()), at: None }),
@@ -96,7 +96,7 @@ impl KeyRing {
     }
 
     /// A key ring loaded now if the database answers; otherwise it loads on first use.
-    pub async fn load(pool: PgPool) -> Arc<Self> {
+    pub async fn load(pool: Db) -> Arc<Self> {
         let keys = Arc::new(Self::new(pool));
         if let Err(e) = keys.reload().await {
             tracing::warn!(error = %e, "could not load verification keys yet; will retry on first use");

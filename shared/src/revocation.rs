@@ -12,9 +12,9 @@
 //! never delivers notifications) each check asks the database instead (refusing when it cannot),
 //! and the listener reconnects and loads the list again.
 
+use crate::db::Db;
 use crate::keyring::KeyRing;
 use crate::token::TokenError;
-use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +31,7 @@ const HEARTBEAT_STALE: Duration = Duration::from_secs(3);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct Revocations {
-    pool: PgPool,
+    pool: Db,
     window: Duration,
     /// Revoked session id -> when it may be forgotten.
     revoked: RwLock<HashMap<Uuid, Instant>>,
@@ -42,7 +42,7 @@ pub struct Revocations {
 }
 
 impl Revocations {
-    pub fn new(pool: PgPool, window: Duration) -> Arc<Self> {
+    pub fn new(pool: Db, window: Duration) -> Arc<Self> {
         Arc::new(Self {
             pool,
             window,
@@ -83,7 +83,7 @@ impl Revocations {
 
     /// Keeps the list (and `keys`) current until the task is aborted, reconnecting with backoff.
     pub fn spawn_listener(self: &Arc<Self>, keys: Arc<KeyRing>) -> tokio::task::JoinHandle<()> {
-        self.spawn_listener_on(keys, (*self.pool.connect_options()).clone())
+        self.spawn_listener_on(keys, (*self.pool.pool().connect_options()).clone())
     }
 
     /// `spawn_listener` on a connection made with `options`: a direct one when the pool goes
@@ -125,7 +125,7 @@ impl Revocations {
 
     /// One connection's life: LISTEN, load, then apply notifications until it drops or goes
     /// quiet for longer than the heartbeat allows.
-    async fn listen(&self, listener_pool: &PgPool, keys: &KeyRing) -> Result<(), sqlx::Error> {
+    async fn listen(&self, listener_pool: &sqlx::PgPool, keys: &KeyRing) -> Result<(), sqlx::Error> {
         let mut listener = PgListener::connect_with(listener_pool).await?;
         listener.listen_all([SESSION_REVOKED, SIGNING_KEYS_CHANGED, HEARTBEAT]).await?;
         self.load().await?;

@@ -29,7 +29,7 @@ pub type Startup = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 /// `PROBE_TIMEOUT`, so an attempt never hangs on a database that is away; the step itself is
 /// not cut short (a long migration must not be interrupted). An error that does not mean
 /// "unreachable" ends the wait and is returned.
-pub async fn until_database_ready<T, F, Fut>(pool: &sqlx::PgPool, what: &str, mut step: F) -> anyhow::Result<T>
+pub async fn until_database_ready<T, F, Fut>(db: &crate::db::Db, what: &str, mut step: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
@@ -37,7 +37,7 @@ where
     let mut backoff = FIRST_BACKOFF;
     let started = std::time::Instant::now();
     for attempt in 1u32.. {
-        let error = match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await {
+        let error = match tokio::time::timeout(PROBE_TIMEOUT, sqlx::Executor::execute(db, "SELECT 1")).await {
             Err(_) => anyhow::anyhow!("the database did not answer within {PROBE_TIMEOUT:?}"),
             Ok(Err(e)) if crate::db::is_unavailable(&e) => anyhow::Error::new(e),
             Ok(Err(e)) => return Err(anyhow::Error::new(e).context(format!("{what}: the database refused"))),

@@ -158,7 +158,10 @@ mod tests {
     fn verifier() -> TokenVerifier {
         // Never reached for malformed input; a refused connection for well-formed headers.
         let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a valid URL");
-        TokenVerifier::new(Arc::new(KeyRing::new(pool)), &TokenConfig { issuer: "i".into(), audience: "a".into() })
+        TokenVerifier::new(
+            Arc::new(KeyRing::new(pool.into())),
+            &TokenConfig { issuer: "i".into(), audience: "a".into() },
+        )
     }
 
     fn b64(json: &serde_json::Value) -> String {

@@ -28,7 +28,7 @@ async fn without_a_listener_sessions_are_checked_in_the_database() {
     .await
     .unwrap();
 
-    let revocations = Revocations::new(db.pool.clone(), Duration::from_secs(3600));
+    let revocations = Revocations::new(db.pool.clone().into(), Duration::from_secs(3600));
     assert!(!revocations.is_live());
     revocations.check(live, user).await.unwrap();
     assert!(matches!(revocations.check(revoked, user).await, Err(TokenError::Revoked)));

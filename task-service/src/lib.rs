@@ -19,6 +19,7 @@ use std::time::Duration;
 use sync::hub::Hub;
 use todo_proto::task::v1::task_service_server::TaskServiceServer;
 use todo_shared::caller::{Authenticator, RequireCaller};
+use todo_shared::db::Db;
 use todo_shared::keyring::KeyRing;
 use todo_shared::revocation::Revocations;
 use todo_shared::status::TASK_DOMAIN;
@@ -98,7 +99,7 @@ pub async fn serve(
 
 /// Deletes tombstones older than the retention time, an hour apart (every instance does; the
 /// work is idempotent).
-fn spawn_pruning(pool: sqlx::PgPool, retention: Duration) -> tokio::task::JoinHandle<()> {
+fn spawn_pruning(pool: Db, retention: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(3600));
         loop {

@@ -9,18 +9,18 @@ use crate::sync::hub::Hub;
 use crate::sync::token::SyncPosition;
 use crate::sync::watch::{Events, WatchSettings, Watcher};
 use crate::sync::{SyncError, change_of, check_position, feed};
-use sqlx::PgPool;
 use std::sync::Arc;
 use todo_proto::task::v1::task_service_server::TaskService;
 use todo_proto::task::v1::*;
 use todo_shared::Caller;
 use todo_shared::caller::Authenticator;
+use todo_shared::db::Db;
 use todo_shared::proto_time::optional_timestamp;
 use todo_shared::status::{FieldViolation, TASK_DOMAIN, all_valid};
 use tonic::{Request, Response, Status};
 
 pub struct TaskApi {
-    pub(crate) pool: PgPool,
+    pub(crate) pool: Db,
     pub(crate) authenticator: Arc<Authenticator>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) watch: WatchSettings,

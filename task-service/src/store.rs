@@ -4,8 +4,9 @@
 use crate::domain::{Description, Etag, OrderBy, RequestId, Title};
 use crate::page_token::Cursor;
 use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, PgExecutor, PgPool};
+use sqlx::{AssertSqlSafe, PgExecutor};
 use todo_shared::Caller;
+use todo_shared::db::Db;
 use uuid::Uuid;
 
 /// The columns every statement returns. `xmin` (the id of the transaction that wrote this row
@@ -67,7 +68,7 @@ async fn by_request_id(
 /// Creates a task once per request id: a repeat (even a concurrent one) returns the task the
 /// first call created.
 pub async fn insert_once(
-    pool: &PgPool,
+    pool: &Db,
     caller: &Caller,
     request_id: &RequestId,
     title: &Title,
@@ -77,7 +78,7 @@ pub async fn insert_once(
         return Ok(task);
     }
     let mut tx = pool.begin().await?;
-    let task = insert(&mut *tx, caller, title, description).await?;
+    let task = insert(&mut tx, caller, title, description).await?;
     // A concurrent twin blocks here on the primary key until the first commits, then conflicts.
     let claimed = sqlx::query(
         "INSERT INTO task_create_requests (user_id, request_id, task_id) VALUES ($1, $2, $3)
@@ -86,7 +87,7 @@ pub async fn insert_once(
     .bind(caller.user_id)
     .bind(request_id.as_str())
     .bind(task.id)
-    .execute(&mut *tx)
+    .execute(&mut tx)
     .await?
     .rows_affected()
         == 1;
@@ -163,7 +164,7 @@ pub struct Patch {
 }
 
 pub async fn update(
-    pool: &PgPool,
+    pool: &Db,
     caller: &Caller,
     id: i32,
     patch: &Patch,
@@ -192,7 +193,7 @@ pub async fn update(
     }
 }
 
-pub async fn delete(pool: &PgPool, caller: &Caller, id: i32, etag: Option<Etag>) -> Result<Written<()>, sqlx::Error> {
+pub async fn delete(pool: &Db, caller: &Caller, id: i32, etag: Option<Etag>) -> Result<Written<()>, sqlx::Error> {
     let deleted = sqlx::query(
         "DELETE FROM tasks WHERE id = $1 AND user_id = $2 AND ($3::bigint IS NULL OR xmin::text::bigint = $3)",
     )
@@ -207,7 +208,7 @@ pub async fn delete(pool: &PgPool, caller: &Caller, id: i32, etag: Option<Etag>)
 
 /// After a conditional write matched nothing: the task is missing (or another user's), or its
 /// etag moved on.
-async fn why_not_written<T>(pool: &PgPool, caller: &Caller, id: i32) -> Result<Written<T>, sqlx::Error> {
+async fn why_not_written<T>(pool: &Db, caller: &Caller, id: i32) -> Result<Written<T>, sqlx::Error> {
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND user_id = $2)")
         .bind(id)
         .bind(caller.user_id)

@@ -18,7 +18,8 @@ fn start(db: &TestDatabase, addr: std::net::SocketAddr, drain_seconds: &str) -> 
         env!("CARGO_BIN_EXE_task-service"),
         "TASK_ADDR",
         addr,
-        &[("DATABASE_URL", &db.service_url), ("RUN_MIGRATIONS", "false"), ("SHUTDOWN_DRAIN_SECONDS", drain_seconds)],
+        db,
+        &[("RUN_MIGRATIONS", "false"), ("SHUTDOWN_DRAIN_SECONDS", drain_seconds)],
     )
 }
 

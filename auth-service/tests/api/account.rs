@@ -194,7 +194,7 @@ async fn housekeeping_deletes_what_no_longer_matters_and_nothing_else() {
         .await
         .unwrap();
 
-    auth_service::housekeeping::run_once(pool, std::time::Duration::from_secs(900)).await.unwrap();
+    auth_service::housekeeping::run_once(&pool.clone().into(), std::time::Duration::from_secs(900)).await.unwrap();
 
     let sessions_of = |user: String| async move {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sessions WHERE user_id = $1::uuid")

@@ -108,7 +108,7 @@ fn db_config(url: String, run_migrations: bool) -> DbConfig {
         url: SecretString::from(url),
         direct_url: None,
         max_connections: 3,
-        statement_cache: true,
+        pool_mode: Default::default(),
         run_migrations,
     }
 }

@@ -116,7 +116,7 @@ async fn an_instance_with_a_retired_key_refuses_to_start() {
     client.get_jwks(GetJwksRequest {}).await.unwrap();
     let kid = auth_service::signing_key::thumbprint(&key.verifying_key().to_bytes());
     first.stop().await.unwrap();
-    assert!(auth_service::signing_key::retire(&db.pool, &kid, std::time::Duration::ZERO).await.unwrap());
+    assert!(auth_service::signing_key::retire(&db.pool.clone().into(), &kid, std::time::Duration::ZERO).await.unwrap());
     let again = testkit::spawn_auth(config).await;
     // The start-up steps run while the port already answers; the retired key ends them.
     let err = tokio::time::timeout(std::time::Duration::from_secs(10), again.wait())

@@ -2,9 +2,10 @@
 //! position, the stats, and the pruning of old tombstones.
 
 use crate::store::TaskRow;
-use sqlx::{PgExecutor, PgPool};
+use sqlx::PgExecutor;
 use std::time::Duration;
 use todo_shared::Caller;
+use todo_shared::db::Db;
 
 /// Where a user's feed stands: the last change number, and the highest pruned one (a cursor
 /// below it has missed deletions that are no longer recorded).
@@ -77,7 +78,7 @@ pub const CHANGES_AFTER: &str = "SELECT v.task_id, v.seq, v.created_seq,
 /// The changes after `after`, oldest first, at most `limit`, with the feed's position in the
 /// same snapshot. Task rows come from the same snapshot as their change numbers.
 pub async fn changes_after(
-    pool: &PgPool,
+    pool: &Db,
     caller: &Caller,
     after: i64,
     limit: i64,
@@ -86,9 +87,9 @@ pub async fn changes_after(
     // and the changes agree: a prune committing in between cannot pass a token whose tombstones
     // it has just removed.
     let mut tx = pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
-    let position = position(&mut *tx, caller).await?;
+    let position = position(&mut tx, caller).await?;
     let rows: Vec<ChangeRow> =
-        sqlx::query_as(CHANGES_AFTER).bind(caller.user_id).bind(after).bind(limit).fetch_all(&mut *tx).await?;
+        sqlx::query_as(CHANGES_AFTER).bind(caller.user_id).bind(after).bind(limit).fetch_all(&mut tx).await?;
     tx.commit().await?;
     Ok((position, rows.into_iter().map(ChangeRow::into_change).collect()))
 }
@@ -104,7 +105,7 @@ pub const STATS: &str = "SELECT count(*), count(*) FILTER (WHERE completed) FROM
 /// Deletes tombstones older than `retention` (raising each feed's pruned_seq past them) and the
 /// feeds of deleted accounts, in batches so that no transaction holds many locks. Returns the
 /// number of tombstones removed.
-pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+pub async fn prune(pool: &Db, retention: Duration) -> Result<u64, sqlx::Error> {
     let mut removed = 0;
     loop {
         let batch: i64 = sqlx::query_scalar(

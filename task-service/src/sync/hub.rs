@@ -10,11 +10,11 @@
 //! transaction holds a database-wide lock through its commit: every task write would commit one
 //! after another.)
 
-use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use todo_shared::db::Db;
 use todo_shared::in_flight::InFlight;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -128,7 +128,7 @@ impl Hub {
     }
 
     /// Polls until the task is aborted.
-    pub fn spawn_poller(self: &Arc<Self>, pool: &PgPool) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_poller(self: &Arc<Self>, pool: &Db) -> tokio::task::JoinHandle<()> {
         let (this, pool) = (self.clone(), pool.clone());
         tokio::spawn(async move {
             let mut every = tokio::time::interval(POLL);
@@ -164,7 +164,7 @@ impl Hub {
 
     /// One poll: wakes the users whose feeds were stamped at or after `horizon`, and returns the
     /// horizon for the next poll (read in the same snapshot).
-    async fn poll(&self, pool: &PgPool, horizon: Option<&str>) -> Result<String, sqlx::Error> {
+    async fn poll(&self, pool: &Db, horizon: Option<&str>) -> Result<String, sqlx::Error> {
         // Only the users with streams here: a bulk change to many feeds returns few rows.
         let watched: Vec<Uuid> =
             self.users.lock().expect("hub lock is never poisoned: no panics inside").keys().copied().collect();

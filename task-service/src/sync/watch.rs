@@ -15,6 +15,7 @@ use std::time::Duration;
 use todo_proto::task::v1::WatchTasksResponse;
 use todo_shared::Caller;
 use todo_shared::caller::Authenticator;
+use todo_shared::db::Db;
 use todo_shared::in_flight::InFlightGuard;
 use todo_shared::status::{TASK_DOMAIN, with_reason};
 use tokio::sync::{mpsc, oneshot};
@@ -33,7 +34,7 @@ pub struct WatchSettings {
 
 /// Everything a stream's task needs.
 pub struct Watcher {
-    pub pool: sqlx::PgPool,
+    pub pool: Db,
     pub authenticator: Arc<Authenticator>,
     /// The request's `authorization` value, checked again before each read.
     pub authorization: String,

@@ -240,7 +240,7 @@ async fn a_rolling_key_rotation_of_auth_service_needs_no_task_service_restart() 
 
     // Retiring the old key (auth-service retire-key) takes effect within a second at
     // task-service, which was never restarted; GetJwks no longer lists it.
-    assert!(auth_service::signing_key::retire(&app.db.pool, &old_kid, Duration::ZERO).await.unwrap());
+    assert!(auth_service::signing_key::retire(&app.db.pool.clone().into(), &old_kid, Duration::ZERO).await.unwrap());
     let start = Instant::now();
     loop {
         match app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &old_token)).await {

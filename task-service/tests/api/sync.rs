@@ -153,7 +153,8 @@ async fn tokens_older_than_the_tombstones_must_sync_again() {
         .execute(&app.db.pool)
         .await
         .unwrap();
-    let removed = task_service::sync::feed::prune(&app.db.pool, Duration::from_secs(45 * 86_400)).await.unwrap();
+    let removed =
+        task_service::sync::feed::prune(&app.db.pool.clone().into(), Duration::from_secs(45 * 86_400)).await.unwrap();
     assert_eq!(removed, 2);
 
     // The old token would miss the deletion: refused, with what to do.

@@ -75,7 +75,7 @@ async fn run() -> anyhow::Result<()> {
 
     // Once, before either service starts; the services then find nothing to apply.
     let pool = todo_shared::db::pool(&auth_config.db)?;
-    todo_shared::db::migrate(&pool).await.context("applying migrations")?;
+    todo_shared::db::migrate(pool.pool()).await.context("applying migrations")?;
     pool.close().await;
     println!("Migrations applied.");
 

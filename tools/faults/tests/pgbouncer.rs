@@ -13,13 +13,13 @@
 use faults::{DedicatedPostgres, lazy_channel, wait_for_health, with_deadline};
 use localpg::pgbouncer::PgBouncer;
 use secrecy::SecretString;
-use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::time::{Duration, Instant};
 use todo_proto::auth::v1::auth_service_client::AuthServiceClient;
 use todo_proto::auth::v1::{LogoutRequest, SignUpRequest};
 use todo_proto::task::v1::task_service_client::TaskServiceClient;
 use todo_proto::task::v1::{CreateTaskRequest, ListTasksRequest};
+use todo_shared::db::{Db, PoolMode};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -29,12 +29,24 @@ fn bouncer(pg: &DedicatedPostgres, mode: &str) -> PgBouncer {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn services_behind_pgbouncer_migrate_and_listen_on_the_direct_url() {
+async fn services_behind_pgbouncer_in_session_mode() {
+    services_work_behind_pgbouncer("session", PoolMode::Session).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_behind_pgbouncer_in_transaction_mode() {
+    services_work_behind_pgbouncer("transaction", PoolMode::Transaction).await;
+}
+
+/// Both services through the pooler, migrating and listening on the direct URL: sign-up,
+/// create, list, and a logout that reaches task-service within a second.
+async fn services_work_behind_pgbouncer(pgbouncer_mode: &str, pool_mode: PoolMode) {
     let pg = DedicatedPostgres::start();
-    let bouncer = bouncer(&pg, "session");
+    let bouncer = bouncer(&pg, pgbouncer_mode);
     let db = todo_shared::config::DbConfig {
         url: SecretString::from(bouncer.url("postgres")),
         direct_url: Some(SecretString::from(pg.url())),
+        pool_mode,
         ..pg.db_config()
     };
     let services = faults::Services::spawn(db).await;
@@ -47,6 +59,9 @@ async fn services_behind_pgbouncer_migrate_and_listen_on_the_direct_url() {
     let tokens = auth.sign_up(request).await.unwrap().into_inner().tokens.unwrap();
     let create = CreateTaskRequest { title: "through the pooler".into(), ..Default::default() };
     tasks.create_task(with_deadline(create, Some(&tokens.access_token), Duration::from_secs(5))).await.unwrap();
+    let list = ListTasksRequest::default();
+    let listed = tasks.list_tasks(with_deadline(list, Some(&tokens.access_token), Duration::from_secs(5))).await;
+    assert_eq!(listed.unwrap().into_inner().tasks.len(), 1);
     auth.logout(LogoutRequest { refresh_token: tokens.refresh_token.clone() }).await.unwrap();
     let started = Instant::now();
     loop {
@@ -65,31 +80,56 @@ async fn services_behind_pgbouncer_migrate_and_listen_on_the_direct_url() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_statement_cache_off_sqlx_still_names_each_statement_and_keeps_it() {
-    // Why DB_STATEMENT_CACHE=false is no answer to transaction pooling (and leaks server memory
-    // on a direct connection): if this starts failing, sqlx has changed and the README's
-    // PgBouncer advice should be revisited.
-    let pg = DedicatedPostgres::start();
-    let options: PgConnectOptions = pg.url().parse().unwrap();
-    let mut conn = options.statement_cache_capacity(0).connect().await.unwrap();
-    for n in 0..50i64 {
-        let _: i64 = sqlx::query_scalar("SELECT $1::bigint").bind(n).fetch_one(&mut conn).await.unwrap();
-    }
-    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements")
-        .persistent(false)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(kept, 50, "one named statement per execution, none closed");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transaction_pooling_mixes_up_the_named_statements_of_clients() {
+async fn transaction_pooling_mixes_up_the_statements_of_plain_sqlx() {
     let pg = DedicatedPostgres::start();
     let bouncer = bouncer(&pg, "transaction");
     let options: PgConnectOptions = bouncer.url("postgres").parse().unwrap();
+    // With the statement cache off, too: sqlx still names each statement and keeps it.
     let pool =
         PgPoolOptions::new().max_connections(10).connect_with(options.statement_cache_capacity(0)).await.unwrap();
+    let failures = failures_of_1000_statements(pool).await;
+    println!("plain sqlx: {failures} of 1000 statements failed through transaction pooling");
+    assert!(failures > 0, "sqlx now works through transaction pooling: DB_POOL_MODE may no longer be needed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_in_transaction_mode_runs_every_statement_and_leaves_none_behind() {
+    let pg = DedicatedPostgres::start();
+    let bouncer = bouncer(&pg, "transaction");
+    let options: PgConnectOptions = bouncer.url("postgres").parse().unwrap();
+    let db = Db::new(PgPoolOptions::new().max_connections(10).connect_lazy_with(options), PoolMode::Transaction);
+    assert_eq!(failures_of_1000_statements(db.clone()).await, 0);
+    // Statements inside transactions of our own, too.
+    for n in 0..20i64 {
+        let mut tx = db.begin().await.unwrap();
+        let first: i64 = sqlx::query_scalar("SELECT $1::bigint").bind(n).fetch_one(&mut tx).await.unwrap();
+        let second: i64 = sqlx::query_scalar("SELECT $1::bigint * 2").bind(first).fetch_one(&mut tx).await.unwrap();
+        assert_eq!(second, n * 2);
+        tx.commit().await.unwrap();
+    }
+    // Ten overlapping transactions, so each holds a server connection of its own: none of them
+    // finds a prepared statement left by an earlier client.
+    let mut handles = Vec::new();
+    for _ in 0..10 {
+        let db = db.clone();
+        handles.push(tokio::spawn(async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_prepared_statements, pg_sleep(0.2)")
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }));
+    }
+    for handle in handles {
+        assert_eq!(handle.await.unwrap(), 0, "a prepared statement was left on a server connection");
+    }
+}
+
+/// Ten tasks run 100 statements each through `pool`; how many failed.
+async fn failures_of_1000_statements<P>(pool: P) -> usize
+where
+    P: Clone + Send + Sync + 'static,
+    for<'a> &'a P: sqlx::PgExecutor<'a>,
+{
     let mut handles = Vec::new();
     for i in 0..10i64 {
         let pool = pool.clone();
@@ -110,6 +150,5 @@ async fn transaction_pooling_mixes_up_the_named_statements_of_clients() {
     for handle in handles {
         failures += handle.await.unwrap();
     }
-    println!("{failures} of 1000 statements failed through transaction pooling with the statement cache off");
-    assert!(failures > 0, "sqlx now works through transaction pooling: revisit the README's PgBouncer advice");
+    failures
 }

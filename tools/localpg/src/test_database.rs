@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 enum Server {
     Private(#[allow(dead_code)] PrivatePostgres, String),
     External(String),
-    /// The private server behind a PgBouncer in session mode (`TEST_VIA_PGBOUNCER=1`).
+    /// The private server behind a PgBouncer (`TEST_VIA_PGBOUNCER`).
     Pooled(#[allow(dead_code)] PrivatePostgres, String, PgBouncer),
 }
 
@@ -22,25 +22,31 @@ impl Server {
     }
 }
 
-/// Whether the suites run through PgBouncer (`TEST_VIA_PGBOUNCER=1`).
-pub fn via_pgbouncer() -> bool {
-    std::env::var("TEST_VIA_PGBOUNCER").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+/// The PgBouncer pool mode the suites run through (`TEST_VIA_PGBOUNCER=transaction`, or `1`
+/// for the same; `session`), or None to run straight against PostgreSQL.
+pub fn via_pgbouncer() -> Option<&'static str> {
+    match std::env::var("TEST_VIA_PGBOUNCER").unwrap_or_default().to_ascii_lowercase().as_str() {
+        "" | "0" | "false" => None,
+        "1" | "true" | "transaction" => Some("transaction"),
+        "session" => Some("session"),
+        other => panic!("TEST_VIA_PGBOUNCER={other}: give transaction (or 1) or session"),
+    }
 }
 
 static SERVER: OnceLock<Server> = OnceLock::new();
 
 fn server() -> &'static Server {
     SERVER.get_or_init(|| match std::env::var("DATABASE_URL").ok().filter(|v| !v.is_empty()) {
-        Some(_) if via_pgbouncer() => {
+        Some(_) if via_pgbouncer().is_some() => {
             panic!("TEST_VIA_PGBOUNCER=1 starts its own PostgreSQL and PgBouncer: unset DATABASE_URL")
         }
         Some(url) => Server::External(url),
-        None if via_pgbouncer() => {
+        None if let Some(mode) = via_pgbouncer() => {
             let binaries = find_binaries().unwrap_or_else(|e| panic!("{e}"));
             let root = std::env::temp_dir().join(format!("todo-test-pg-{}", uuid::Uuid::new_v4().simple()));
             let pg = PrivatePostgres::start(binaries, &root, Durability::Throwaway, true)
                 .unwrap_or_else(|e| panic!("starting the private test PostgreSQL: {e}"));
-            let bouncer = PgBouncer::start(&pg, &root.join("pgbouncer"), "session")
+            let bouncer = PgBouncer::start(&pg, &root.join("pgbouncer"), mode)
                 .unwrap_or_else(|e| panic!("starting PgBouncer in front of it: {e}"));
             let url = pg.url("postgres");
             Server::Pooled(pg, url, bouncer)

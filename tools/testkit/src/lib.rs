@@ -9,6 +9,7 @@ use todo_proto::auth::v1::auth_service_client::AuthServiceClient;
 use todo_proto::auth::v1::{SignUpRequest, TokenPair, User};
 use todo_proto::task::v1::task_service_client::TaskServiceClient;
 use todo_shared::config::{DbConfig, TokenConfig};
+use todo_shared::db::PoolMode;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -57,13 +58,17 @@ impl Drop for RunningServer {
     }
 }
 
-/// Settings for the test's database: through PgBouncer with `TEST_VIA_PGBOUNCER=1` (with a
-/// direct URL for LISTEN and migrations, as the README tells users), else direct.
+/// Settings for the test's database: through PgBouncer with `TEST_VIA_PGBOUNCER` (with a
+/// direct URL for LISTEN and migrations, and the pool mode, as the README tells users), else
+/// direct.
 pub fn db_config(db: &TestDatabase) -> DbConfig {
-    if localpg::test_database::via_pgbouncer() {
-        DbConfig { direct_url: Some(SecretString::from(db.url.clone())), ..db_config_for(&db.service_url) }
-    } else {
-        db_config_for(&db.url)
+    match localpg::test_database::via_pgbouncer() {
+        Some(mode) => DbConfig {
+            direct_url: Some(SecretString::from(db.url.clone())),
+            pool_mode: if mode == "transaction" { PoolMode::Transaction } else { PoolMode::Session },
+            ..db_config_for(&db.service_url)
+        },
+        None => db_config_for(&db.url),
     }
 }
 
@@ -73,7 +78,7 @@ pub fn db_config_for(url: &str) -> DbConfig {
         url: SecretString::from(url.to_string()),
         direct_url: None,
         max_connections: 5,
-        statement_cache: true,
+        pool_mode: PoolMode::Session,
         run_migrations: false,
     }
 }

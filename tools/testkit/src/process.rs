@@ -1,9 +1,12 @@
 //! A service run as its real binary in a child process, for tests that kill it (SIGKILL) or
 //! restart it.
 
+use localpg::test_database::TestDatabase;
+use secrecy::ExposeSecret;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use todo_shared::db::PoolMode;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -46,17 +49,27 @@ pub async fn until_serving(addr: SocketAddr) -> Duration {
 }
 
 impl ServiceProcess {
-    /// Starts `binary` with `env` on top of a clean environment for the service (no inherited
-    /// DATABASE_URL or RUST_LOG surprises); `addr_var` names the listen-address variable.
-    pub fn start(binary: &str, addr_var: &str, addr: SocketAddr, env: &[(&str, &str)]) -> Self {
+    /// Starts `binary` on the test database `db` (as `crate::db_config` reaches it: directly, or
+    /// through PgBouncer with its pool mode) with `env` on top of a clean environment for the
+    /// service (no inherited database or RUST_LOG surprises); `addr_var` names the
+    /// listen-address variable.
+    pub fn start(binary: &str, addr_var: &str, addr: SocketAddr, db: &TestDatabase, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(binary);
         command
-            .env_remove("DATABASE_URL")
             .env_remove("DATABASE_DIRECT_URL")
+            .env_remove("DB_POOL_MODE")
             .env("RUST_LOG", "warn")
             .env(addr_var, addr.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        let config = crate::db_config(db);
+        command.env("DATABASE_URL", config.url.expose_secret());
+        if let Some(direct) = &config.direct_url {
+            command.env("DATABASE_DIRECT_URL", direct.expose_secret());
+        }
+        if config.pool_mode == PoolMode::Transaction {
+            command.env("DB_POOL_MODE", "transaction");
+        }
         for (k, v) in env {
             command.env(k, v);
         }

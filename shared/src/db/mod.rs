@@ -1,5 +1,9 @@
 //! The PostgreSQL pool, the embedded migrations, and telling an outage from a bug.
 
+mod handle;
+
+pub use handle::{Db, PoolMode, Tx};
+
 use crate::config::DbConfig;
 use secrecy::ExposeSecret;
 use sqlx::ConnectOptions;
@@ -11,56 +15,54 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Builds the pool without connecting: a service starts even while the database is down and
 /// reports NOT_SERVING until it answers.
-pub fn pool(config: &DbConfig) -> Result<PgPool, sqlx::Error> {
+pub fn pool(config: &DbConfig) -> Result<Db, sqlx::Error> {
     let mut options: PgConnectOptions = config.url.expose_secret().parse()?;
     options =
         options.application_name("todo").log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
-    if !config.statement_cache {
-        // Beware: sqlx 0.9 still prepares a named statement per execution with the cache off,
-        // and never closes it (tools/faults/tests/pgbouncer.rs shows both), so this neither
-        // makes transaction pooling safe nor is free on a direct connection.
-        tracing::warn!(
-            "DB_STATEMENT_CACHE=false: each statement is prepared anew and kept by the server \
-             connection; behind PgBouncer use session mode, or 1.21+ with max_prepared_statements"
-        );
-        options = options.statement_cache_capacity(0);
-    }
-    Ok(PgPoolOptions::new()
+    let pool = PgPoolOptions::new()
         .max_connections(config.max_connections)
         .min_connections(0)
-        // Each call's connection gets a statement_timeout of the time its client has left, so
-        // PostgreSQL cancels a statement the client no longer waits for. The SET replaces the
-        // liveness test sqlx would otherwise run on an idle connection: same round trip.
-        .test_before_acquire(false)
-        .before_acquire(|conn, _| Box::pin(async move { set_statement_timeout(conn).await.map(|()| true) }))
-        .after_connect(|conn, _| Box::pin(set_statement_timeout(conn)))
         // Fail fast when the database is away instead of holding the caller past its deadline.
         .acquire_timeout(Duration::from_secs(3))
         .idle_timeout(Duration::from_secs(300))
-        .connect_lazy_with(options))
+        // No liveness test on an idle connection: in session mode the SET below is the same
+        // round trip; in transaction mode the BEGIN of each statement is.
+        .test_before_acquire(false);
+    let pool = match config.pool_mode {
+        // Each call's connection gets a statement_timeout of the time its client has left, so
+        // PostgreSQL cancels a statement the client no longer waits for.
+        PoolMode::Session => pool
+            .before_acquire(|conn, _| Box::pin(async move { set_statement_timeout(conn).await.map(|()| true) }))
+            .after_connect(|conn, _| Box::pin(set_statement_timeout(conn))),
+        // A session SET would stay on a server connection that other clients get next: the
+        // timeout is SET LOCAL in each transaction instead (see `Db`).
+        PoolMode::Transaction => pool,
+    };
+    Ok(Db::new(pool.connect_lazy_with(options), config.pool_mode))
 }
 
 /// Options for a session-capable connection: `DATABASE_DIRECT_URL` when set (behind a pooler in
 /// transaction mode), else the pool's own.
-pub fn direct_options(pool: &PgPool, config: &DbConfig) -> Result<PgConnectOptions, sqlx::Error> {
+pub fn direct_options(db: &Db, config: &DbConfig) -> Result<PgConnectOptions, sqlx::Error> {
     match &config.direct_url {
         Some(url) => Ok(url.expose_secret().parse::<PgConnectOptions>()?.application_name("todo")),
-        None => Ok((*pool.connect_options()).clone()),
+        None => Ok((*db.pool().connect_options()).clone()),
     }
 }
 
 /// Applies the migrations when RUN_MIGRATIONS says so, waiting for the database as long as it
 /// takes (see `startup`). They run on a direct connection: sqlx holds a session advisory lock
 /// across them, which a pooler in transaction mode would not keep.
-pub async fn migrate_when_ready(pool: &PgPool, config: &DbConfig) -> anyhow::Result<()> {
+pub async fn migrate_when_ready(db: &Db, config: &DbConfig) -> anyhow::Result<()> {
     if config.run_migrations {
         use anyhow::Context;
         let direct = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy_with(direct_options(pool, config)?);
+            .connect_lazy_with(direct_options(db, config)?);
+        let direct = Db::new(direct, PoolMode::Session);
         crate::startup::until_database_ready(&direct, "applying migrations", || async {
-            migrate(&direct).await.context("applying migrations")
+            migrate(direct.pool()).await.context("applying migrations")
         })
         .await?;
         direct.close().await;
@@ -71,11 +73,16 @@ pub async fn migrate_when_ready(pool: &PgPool, config: &DbConfig) -> anyhow::Res
 /// The statement timeout of a call whose client set no deadline (and of background work).
 pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn set_statement_timeout(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-    use sqlx::Executor;
+/// The statement_timeout for statements run now, in milliseconds: the time the call has left.
+fn statement_timeout_millis() -> u128 {
     let timeout = crate::call_limits::remaining().unwrap_or(DEFAULT_STATEMENT_TIMEOUT);
     // 0 would mean "no limit"; a call already out of time gets the shortest there is.
-    let millis = timeout.as_millis().clamp(1, DEFAULT_STATEMENT_TIMEOUT.as_millis());
+    timeout.as_millis().clamp(1, DEFAULT_STATEMENT_TIMEOUT.as_millis())
+}
+
+async fn set_statement_timeout(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Executor;
+    let millis = statement_timeout_millis();
     // A number we made, formatted into the statement: safe. Simple protocol, one round trip.
     conn.execute(sqlx::AssertSqlSafe(format!("SET statement_timeout = {millis}"))).await.map(|_| ())
 }

@@ -1,0 +1,250 @@
+//! `Db` and `Tx`: what the stores run their statements on, the same to them whether PostgreSQL
+//! is reached directly (or through a pooler in session mode) or through a pooler in transaction
+//! mode (`DB_POOL_MODE=transaction`: PgBouncer, Neon's pooled endpoint).
+//!
+//! In transaction mode a server connection is ours only until the transaction ends, which breaks
+//! two things sqlx does by default:
+//! - it prepares *named* statements and keeps them on the server connection, where the next
+//!   client's statement of the same name collides with them (or its own is not found): so every
+//!   statement runs unnamed;
+//! - it parses an unnamed statement and executes it in two round trips, each ending in Sync, and
+//!   the pooler may hand the second to another server connection: so every statement runs inside
+//!   a transaction, which keeps the server connection ours from BEGIN to COMMIT. The call's
+//!   statement_timeout travels in the same round trip as `SET LOCAL`.
+//!
+//! In session mode both are plain sqlx: cached named statements, and a statement outside a
+//! transaction is one round trip.
+
+use super::statement_timeout_millis;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream};
+use futures_util::{StreamExt, TryStreamExt};
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArguments, PgPool, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
+use sqlx::{AssertSqlSafe, Either, Execute, Executor, Postgres, SqlStr};
+use std::fmt;
+
+/// What sits between the services and PostgreSQL, as far as sessions go (`DB_POOL_MODE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PoolMode {
+    /// PostgreSQL itself, or a pooler that gives each client a server connection for the whole
+    /// session (PgBouncer `pool_mode = session`).
+    #[default]
+    Session,
+    /// A pooler that gives a server connection for one transaction at a time (PgBouncer
+    /// `pool_mode = transaction`, Neon's pooled endpoint).
+    Transaction,
+}
+
+/// The services' handle on the database: a pool, and how to use it given the pool mode.
+/// `&Db` is an executor like `&PgPool`.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: PgPool,
+    mode: PoolMode,
+}
+
+impl Db {
+    pub fn new(pool: PgPool, mode: PoolMode) -> Self {
+        Self { pool, mode }
+    }
+
+    /// The pool itself: for its size and settings, not for statements (they go through `Db`).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn mode(&self) -> PoolMode {
+        self.mode
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await
+    }
+
+    /// Begins a transaction (READ COMMITTED, read-write).
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        self.begin_with("BEGIN").await
+    }
+
+    /// Begins a transaction with `begin`, a BEGIN statement of our own such as
+    /// `BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY`.
+    pub async fn begin_with(&self, begin: &'static str) -> Result<Tx, sqlx::Error> {
+        let inner = match self.mode {
+            // The pool set the statement_timeout when it handed out the connection.
+            PoolMode::Session => self.pool.begin_with(begin).await?,
+            // One round trip: the pooler forwards both statements to the same server connection.
+            PoolMode::Transaction => {
+                let millis = statement_timeout_millis();
+                self.pool.begin_with(AssertSqlSafe(format!("{begin}; SET LOCAL statement_timeout = {millis}"))).await?
+            }
+        };
+        Ok(Tx { inner, mode: self.mode })
+    }
+}
+
+/// A pool used in session mode (tests and tools that talk to PostgreSQL directly).
+impl From<PgPool> for Db {
+    fn from(pool: PgPool) -> Self {
+        Self::new(pool, PoolMode::Session)
+    }
+}
+
+/// A transaction begun by [`Db::begin`]; `&mut Tx` is an executor. Dropped without `commit`, it
+/// rolls back.
+pub struct Tx {
+    inner: sqlx::Transaction<'static, Postgres>,
+    mode: PoolMode,
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.inner.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.inner.rollback().await
+    }
+}
+
+impl fmt::Debug for Tx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tx").field("mode", &self.mode).finish_non_exhaustive()
+    }
+}
+
+/// A statement that sqlx must not prepare under a name (see the module comment).
+struct Unnamed<E>(E);
+
+impl<'q, E: Execute<'q, Postgres>> Execute<'q, Postgres> for Unnamed<E> {
+    fn sql(self) -> SqlStr {
+        self.0.sql()
+    }
+
+    fn statement(&self) -> Option<&PgStatement> {
+        self.0.statement()
+    }
+
+    fn take_arguments(&mut self) -> Result<Option<PgArguments>, BoxDynError> {
+        self.0.take_arguments()
+    }
+
+    fn persistent(&self) -> bool {
+        false
+    }
+}
+
+type Step = Either<PgQueryResult, PgRow>;
+
+impl<'c> Executor<'c> for &'c Db {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, Result<Step, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        match self.mode {
+            PoolMode::Session => self.pool.fetch_many(query),
+            // The whole result is read before COMMIT; our statements return a page at most.
+            PoolMode::Transaction => stream::once(async move {
+                let mut tx = self.begin().await?;
+                let steps: Vec<Step> = (&mut *tx.inner).fetch_many(Unnamed(query)).try_collect().await?;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(stream::iter(steps.into_iter().map(Ok)))
+            })
+            .try_flatten()
+            .boxed(),
+        }
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        match self.mode {
+            PoolMode::Session => self.pool.fetch_optional(query),
+            PoolMode::Transaction => Box::pin(async move {
+                let mut tx = self.begin().await?;
+                let row = (&mut *tx.inner).fetch_optional(Unnamed(query)).await?;
+                tx.commit().await?;
+                Ok(row)
+            }),
+        }
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, Result<PgStatement, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        match self.mode {
+            PoolMode::Session => self.pool.prepare_with(sql, parameters),
+            PoolMode::Transaction => Box::pin(async { Err(named_statements_refused()) }),
+        }
+    }
+
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<sqlx::Describe<Postgres>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.pool.describe(sql)
+    }
+}
+
+impl<'c> Executor<'c> for &'c mut Tx {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, Result<Step, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        match self.mode {
+            PoolMode::Session => (&mut *self.inner).fetch_many(query),
+            PoolMode::Transaction => (&mut *self.inner).fetch_many(Unnamed(query)),
+        }
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        match self.mode {
+            PoolMode::Session => (&mut *self.inner).fetch_optional(query),
+            PoolMode::Transaction => (&mut *self.inner).fetch_optional(Unnamed(query)),
+        }
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, Result<PgStatement, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        match self.mode {
+            PoolMode::Session => (&mut *self.inner).prepare_with(sql, parameters),
+            PoolMode::Transaction => Box::pin(async { Err(named_statements_refused()) }),
+        }
+    }
+
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<sqlx::Describe<Postgres>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        (&mut *self.inner).describe(sql)
+    }
+}
+
+fn named_statements_refused() -> sqlx::Error {
+    sqlx::Error::Configuration(
+        "prepared statement objects cannot outlive a transaction with DB_POOL_MODE=transaction".into(),
+    )
+}
