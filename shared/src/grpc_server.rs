@@ -35,9 +35,6 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// take the whole server.
 pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 100;
 
-/// How long no call may be in flight before a draining server stops.
-const QUIET_BEFORE_STOP: Duration = Duration::from_millis(250);
-
 /// Serves `routes` on `listener` until `shutdown` resolves, then lets in-flight calls finish for
 /// at most `drain`; calls still open then (long streams such as health Watch) are cut.
 /// `services` are the fully qualified names reported by the health service.
@@ -141,32 +138,27 @@ pub async fn serve(
             TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60))),
             shutdown,
         );
-    // The server returns by itself once every client has closed its connection; clients that
-    // keep an idle connection open would hold it until the drain time, so the stop also ends as
-    // soon as no call is being answered.
-    let drained = async move {
+    // On the stop tonic stops accepting and shuts every connection down gracefully (HTTP/2:
+    // GOAWAY, a PING round trip, GOAWAY with the last stream it took), then returns once every
+    // connection has closed; h2 closes one only when its last stream's response (trailers
+    // included) is written. So returning with the server means no call it took is cut, and an
+    // idle client's connection closes one round trip after the stop. What can hold it is a
+    // stream that stays open or a client that never answers: the drain time bounds them.
+    let drain_over = async move {
         // Err means the shutdown future was dropped: the server has already returned.
         if draining_rx.await.is_err() {
             std::future::pending::<()>().await;
         }
-        let deadline = tokio::time::Instant::now() + drain;
-        loop {
-            if tokio::time::timeout_at(deadline, in_flight.idle()).await.is_err() {
-                tracing::warn!("drain time over: closing the calls still open");
-                break;
-            }
-            // Idle must last a moment: a call a client sent before it read our GOAWAY is still
-            // accepted, and may not be counted yet (under load a test saw one cut off as
-            // CANCELLED). The moment also lets the last responses leave the socket.
-            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + QUIET_BEFORE_STOP)).await;
-            if in_flight.current() == 0 || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-        }
+        tokio::time::sleep(drain).await;
     };
+    tokio::pin!(server);
     tokio::select! {
-        result = server => result?,
-        _ = drained => {}
+        biased;
+        result = &mut server => result?,
+        _ = drain_over => {
+            // The connections are tasks of their own: they end with the process.
+            tracing::warn!(calls_open = in_flight.current(), "drain time over: closing the connections still open");
+        }
     }
     tracing::info!("stopped");
     match failure.lock().expect("no panics while holding this lock").take() {

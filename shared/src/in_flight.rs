@@ -1,5 +1,5 @@
-//! Counting the calls a server is answering, so that a graceful stop can end as soon as the last
-//! one is answered instead of waiting for clients to close idle connections.
+//! Counting what is open: the calls a server is answering (reported when the drain time runs
+//! out) and task-service's open streams (which a stop waits for, briefly, to end cleanly).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -106,6 +106,10 @@ async fn a_graceful_stop_finishes_calls_in_flight_and_does_not_wait_for_idle_cli
         .await
         .unwrap();
 
+    // A second client with a connection of its own, connected and idle through the stop.
+    let mut idle = AuthServiceClient::new(testkit::channel(server.addr).await);
+    idle.get_jwks(todo_proto::auth::v1::GetJwksRequest {}).await.unwrap();
+
     let mut in_flight = auth.clone();
     let login = tokio::spawn(async move {
         in_flight.login(LoginRequest { email: "drain@example.com".into(), password: testkit::PASSWORD.into() }).await
@@ -115,9 +119,9 @@ async fn a_graceful_stop_finishes_calls_in_flight_and_does_not_wait_for_idle_cli
     server.stop().await.unwrap();
     let took = start.elapsed();
     assert!(login.await.unwrap().is_ok(), "the call in flight was answered");
-    // `auth` still holds its (idle) connection: the stop did not wait for it.
+    // `idle` still holds its connection: the stop did not wait for it.
     assert!(took < std::time::Duration::from_secs(3), "stop took {took:?} with a 10 s drain");
-    drop(auth);
+    drop((auth, idle));
 }
 
 #[tokio::test]
