@@ -81,13 +81,9 @@ impl Revocations {
         if live == Some(true) { Ok(()) } else { Err(TokenError::Revoked) }
     }
 
-    /// Keeps the list (and `keys`) current until the task is aborted, reconnecting with backoff.
-    pub fn spawn_listener(self: &Arc<Self>, keys: Arc<KeyRing>) -> tokio::task::JoinHandle<()> {
-        self.spawn_listener_on(keys, (*self.pool.pool().connect_options()).clone())
-    }
-
-    /// `spawn_listener` on a connection made with `options`: a direct one when the pool goes
-    /// through a pooler in transaction mode, which cannot deliver notifications.
+    /// Keeps the list (and `keys`) current until the task is aborted, reconnecting with backoff,
+    /// on a connection made with `options`: a direct one when the pool goes through a pooler in
+    /// transaction mode, which cannot deliver notifications (`db::direct_options`).
     pub fn spawn_listener_on(
         self: &Arc<Self>,
         keys: Arc<KeyRing>,

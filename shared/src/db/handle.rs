@@ -12,10 +12,14 @@
 //!   a transaction, which keeps the server connection ours from BEGIN to COMMIT. The call's
 //!   statement_timeout travels in the same round trip as `SET LOCAL`.
 //!
+//! - a statement waiting in the pooler's queue (its server connections gone with PostgreSQL)
+//!   is out of statement_timeout's reach: the wait is bounded here, so the client hears
+//!   UNAVAILABLE before its deadline (see `Budget`).
+//!
 //! In session mode both are plain sqlx: cached named statements, and a statement outside a
 //! transaction is one round trip.
 
-use super::statement_timeout_millis;
+use super::DEFAULT_STATEMENT_TIMEOUT;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream};
 use futures_util::{StreamExt, TryStreamExt};
@@ -23,6 +27,8 @@ use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgPool, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{AssertSqlSafe, Either, Execute, Executor, Postgres, SqlStr};
 use std::fmt;
+use std::future::Future;
+use std::time::Duration;
 
 /// What sits between the services and PostgreSQL, as far as sessions go (`DB_POOL_MODE`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,11 +81,45 @@ impl Db {
             PoolMode::Session => self.pool.begin_with(begin).await?,
             // One round trip: the pooler forwards both statements to the same server connection.
             PoolMode::Transaction => {
-                let millis = statement_timeout_millis();
-                self.pool.begin_with(AssertSqlSafe(format!("{begin}; SET LOCAL statement_timeout = {millis}"))).await?
+                let budget = Budget::now();
+                let millis = budget.statement.as_millis().max(1);
+                let begin =
+                    self.pool.begin_with(AssertSqlSafe(format!("{begin}; SET LOCAL statement_timeout = {millis}")));
+                budget.bound(begin).await?
             }
         };
         Ok(Tx { inner, mode: self.mode })
+    }
+}
+
+/// The time a call's database work may take behind a transaction pooler. PostgreSQL cancels a
+/// statement at `statement` (DEADLINE_EXCEEDED, the statement is gone); work that gets no answer
+/// at all (queued in the pooler while PostgreSQL is away) is given up at `answer_by`, a little
+/// later but still before the client's deadline, so the client hears UNAVAILABLE rather than
+/// nothing.
+#[derive(Clone, Copy)]
+struct Budget {
+    statement: Duration,
+    answer_by: Duration,
+}
+
+impl Budget {
+    fn now() -> Self {
+        let left = crate::call_limits::remaining().unwrap_or(DEFAULT_STATEMENT_TIMEOUT).min(DEFAULT_STATEMENT_TIMEOUT);
+        // 5% of the time left, between 5 and 100 ms: enough for an answer to travel back.
+        let margin = (left / 20).clamp(Duration::from_millis(5), Duration::from_millis(100));
+        Budget { statement: left.saturating_sub(margin * 2), answer_by: left.saturating_sub(margin) }
+    }
+
+    async fn bound<T>(self, work: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
+        match tokio::time::timeout(self.answer_by, work).await {
+            Ok(answer) => answer,
+            // An I/O time-out: the database is unavailable to this call (UNAVAILABLE).
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer through the pooler within the call's time",
+            ))),
+        }
     }
 }
 
@@ -148,9 +188,14 @@ impl<'c> Executor<'c> for &'c Db {
             PoolMode::Session => self.pool.fetch_many(query),
             // The whole result is read before COMMIT; our statements return a page at most.
             PoolMode::Transaction => stream::once(async move {
-                let mut tx = self.begin().await?;
-                let steps: Vec<Step> = (&mut *tx.inner).fetch_many(Unnamed(query)).try_collect().await?;
-                tx.commit().await?;
+                let steps: Vec<Step> = Budget::now()
+                    .bound(async move {
+                        let mut tx = self.begin().await?;
+                        let steps = (&mut *tx.inner).fetch_many(Unnamed(query)).try_collect().await?;
+                        tx.commit().await?;
+                        Ok(steps)
+                    })
+                    .await?;
                 Ok::<_, sqlx::Error>(stream::iter(steps.into_iter().map(Ok)))
             })
             .try_flatten()
@@ -165,12 +210,12 @@ impl<'c> Executor<'c> for &'c Db {
     {
         match self.mode {
             PoolMode::Session => self.pool.fetch_optional(query),
-            PoolMode::Transaction => Box::pin(async move {
+            PoolMode::Transaction => Box::pin(Budget::now().bound(async move {
                 let mut tx = self.begin().await?;
                 let row = (&mut *tx.inner).fetch_optional(Unnamed(query)).await?;
                 tx.commit().await?;
                 Ok(row)
-            }),
+            })),
         }
     }
 

@@ -2,9 +2,12 @@
 //! PostgreSQL is stopped for 3 s and started again (`OUTAGE_ROUNDS=<n>` repeats it: a soak). During the outage calls fail fast with
 //! UNAVAILABLE (never INTERNAL, never past the client's deadline) and health turns NOT_SERVING;
 //! within 2 s of the database being back both services serve again, without a restart; every
-//! CreateTask that returned OK is in the database.
+//! CreateTask that returned OK is in the database. The same again behind PgBouncer in transaction
+//! mode, where the pooler stays up and PostgreSQL behind it goes away.
 
 use faults::{DedicatedPostgres, Services, health, lazy_channel, wait_for_health, with_deadline};
+use localpg::pgbouncer::PgBouncer;
+use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +17,8 @@ use todo_proto::auth::v1::auth_service_client::AuthServiceClient;
 use todo_proto::auth::v1::{GetCurrentUserRequest, SignUpRequest};
 use todo_proto::task::v1::task_service_client::TaskServiceClient;
 use todo_proto::task::v1::{CreateTaskRequest, ListTasksRequest};
+use todo_shared::config::DbConfig;
+use todo_shared::db::PoolMode;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -53,12 +58,19 @@ fn record<T>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_with_fast_shutdown() {
-    outage("fast").await;
+    outage("fast", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_with_immediate_shutdown() {
-    outage("immediate").await;
+    outage("immediate", false).await;
+}
+
+/// The same outage behind PgBouncer in transaction mode (the pooler stays up; PostgreSQL behind
+/// it goes away), as on Neon's pooled endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_behind_pgbouncer_in_transaction_mode() {
+    outage("fast", true).await;
 }
 
 fn signed_secs(at: Instant, origin: Instant) -> f64 {
@@ -68,10 +80,24 @@ fn signed_secs(at: Instant, origin: Instant) -> f64 {
 /// One outage at a time: two at once on a small machine measure the machine, not the services.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn outage(mode: &str) {
+async fn outage(mode: &str, via_pgbouncer: bool) {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut pg = DedicatedPostgres::start();
-    let services = Services::spawn(pg.db_config()).await;
+    let (db, _bouncer) = match via_pgbouncer {
+        true => {
+            let dir = std::env::temp_dir().join(format!("todo-fault-pgb-{}", uuid::Uuid::new_v4().simple()));
+            let bouncer = PgBouncer::start(&pg.server, &dir, "transaction").unwrap_or_else(|e| panic!("{e}"));
+            let db = DbConfig {
+                url: SecretString::from(bouncer.url("postgres")),
+                direct_url: Some(SecretString::from(pg.url())),
+                pool_mode: PoolMode::Transaction,
+                ..pg.db_config()
+            };
+            (db, Some(bouncer))
+        }
+        false => (pg.db_config(), None),
+    };
+    let services = Services::spawn(db).await;
     for addr in [services.auth.addr, services.task.addr] {
         wait_for_health(addr, ServingStatus::Serving, Duration::from_secs(20)).await.expect("serving before the test");
     }
@@ -171,7 +197,9 @@ async fn outage(mode: &str) {
         entry.0 += 1;
         entry.1 = entry.1.max(o.took);
     }
-    println!("mode {mode}: {rounds} outage(s) of {OUTAGE:?}, calls by outcome (count, slowest):");
+    println!(
+        "mode {mode}, via PgBouncer {via_pgbouncer}: {rounds} outage(s) of {OUTAGE:?}, calls by outcome (count, slowest):"
+    );
     for ((call, outcome), (count, slowest)) in &counts {
         println!("  {call:15} {outcome:40} {count:5} {slowest:?}");
     }

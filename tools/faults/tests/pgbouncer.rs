@@ -152,3 +152,49 @@ where
     }
     failures
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_queued_in_the_pooler_is_answered_unavailable_before_its_deadline() {
+    // Every server connection of the pooler is taken by transactions of another client, so the
+    // service's statements wait in PgBouncer's queue, where no statement_timeout reaches them.
+    let pg = DedicatedPostgres::start();
+    let bouncer = bouncer(&pg, "transaction");
+    let db = todo_shared::config::DbConfig {
+        url: SecretString::from(bouncer.url("postgres")),
+        direct_url: Some(SecretString::from(pg.url())),
+        pool_mode: PoolMode::Transaction,
+        ..pg.db_config()
+    };
+    let services = faults::Services::spawn(db).await;
+    for addr in [services.auth.addr, services.task.addr] {
+        wait_for_health(addr, ServingStatus::Serving, Duration::from_secs(20)).await.expect("serving");
+    }
+    let mut auth = AuthServiceClient::new(lazy_channel(services.auth.addr));
+    let mut tasks = TaskServiceClient::new(lazy_channel(services.task.addr));
+    let request = SignUpRequest { email: "queued@example.com".into(), password: testkit::PASSWORD.into() };
+    let token = auth.sign_up(request).await.unwrap().into_inner().tokens.unwrap().access_token;
+
+    // The pooler's pool for this database and user is 20 server connections (localpg's
+    // pgbouncer.ini): hold them all, idle in transaction (simple protocol, nothing prepared).
+    let options: PgConnectOptions = bouncer.url("postgres").parse().unwrap();
+    let hog = PgPoolOptions::new().max_connections(20).connect_lazy_with(options);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut tx = hog.begin().await.unwrap();
+        sqlx::Executor::execute(&mut *tx, "SELECT 1").await.unwrap();
+        held.push(tx);
+    }
+    let started = Instant::now();
+    let list = ListTasksRequest::default();
+    let err = tasks.list_tasks(with_deadline(list, Some(&token), Duration::from_secs(1))).await.unwrap_err();
+    let took = started.elapsed();
+    testkit::assert_error(&err, Code::Unavailable, "DATABASE_UNAVAILABLE");
+    assert!(took < Duration::from_secs(1), "answered after {took:?}");
+    println!("a call queued in the pooler: UNAVAILABLE after {took:?} of its 1 s");
+
+    for tx in held {
+        tx.rollback().await.unwrap();
+    }
+    let list = ListTasksRequest::default();
+    tasks.list_tasks(with_deadline(list, Some(&token), Duration::from_secs(5))).await.expect("served again");
+}

@@ -75,6 +75,7 @@ impl PgBouncer {
              default_pool_size = 20\n\
              max_db_connections = 40\n\
              ignore_startup_parameters = extra_float_digits,options\n\
+             server_login_retry = 1\n\
              logfile = {log}\n",
             upstream = server.port(),
             userlist = userlist.display(),
