@@ -1,14 +1,17 @@
 //! PgBouncer (Debian's 1.18) in front of the services.
 //!
 //! What these tests establish:
-//! - In session mode, with `DATABASE_DIRECT_URL` for migrations and LISTEN, the services work as
-//!   they do directly (and `TEST_VIA_PGBOUNCER=1` runs the whole api suites that way).
-//! - In transaction mode sqlx 0.9 is not safe, whatever `DB_STATEMENT_CACHE` says: with the
-//!   statement cache off sqlx still prepares a *named* statement per execution (and never
-//!   closes it), so clients sharing a server connection collide; its unnamed statements would
-//!   be parsed and bound in two round trips, between which the pooler may switch connections.
-//!   Transaction pooling needs PgBouncer 1.21 or later with `max_prepared_statements` set (as
-//!   Neon's pooler has), with the statement cache left on.
+//! - With `DATABASE_DIRECT_URL` for migrations and LISTEN, the services work through the pooler
+//!   in session mode, and in transaction mode with `DB_POOL_MODE=transaction`
+//!   (`TEST_VIA_PGBOUNCER=session|transaction` runs whole suites either way; CI runs the whole
+//!   workspace in transaction mode).
+//! - In transaction mode plain sqlx 0.9 is not safe, even with its statement cache off: its named
+//!   statements stay on server connections that other clients get next, and its unnamed ones are
+//!   parsed and executed in two round trips between which the pooler may switch connections.
+//!   `db::Db` in transaction mode runs every statement unnamed inside a transaction: the same load
+//!   has no failure, and no statement is left behind.
+//! - A statement queued in the pooler, out of statement_timeout's reach, is given up before the
+//!   call's deadline: the client hears UNAVAILABLE, not its own time-out.
 
 use faults::{DedicatedPostgres, lazy_channel, wait_for_health, with_deadline};
 use localpg::pgbouncer::PgBouncer;
