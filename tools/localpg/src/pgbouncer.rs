@@ -2,8 +2,9 @@
 //! offers a pooled endpoint. In transaction mode each transaction, or each statement outside
 //! one, may run on a different server connection, so session state (prepared statements,
 //! LISTEN, session advisory locks) does not survive between them; see tools/faults/tests/pgbouncer.rs
-//! for what that does to sqlx. `TEST_VIA_PGBOUNCER=1` runs the test suites through one in
-//! session mode.
+//! for what that does to sqlx. `TEST_VIA_PGBOUNCER=transaction` (or `session`) runs the test
+//! suites through one. `server_login_retry = 1`: after PostgreSQL comes back the pooler tries it
+//! again within a second (its default waits 15 s).
 
 use crate::PrivatePostgres;
 use crate::server::{command, free_port};

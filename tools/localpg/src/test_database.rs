@@ -38,7 +38,7 @@ static SERVER: OnceLock<Server> = OnceLock::new();
 fn server() -> &'static Server {
     SERVER.get_or_init(|| match std::env::var("DATABASE_URL").ok().filter(|v| !v.is_empty()) {
         Some(_) if via_pgbouncer().is_some() => {
-            panic!("TEST_VIA_PGBOUNCER=1 starts its own PostgreSQL and PgBouncer: unset DATABASE_URL")
+            panic!("TEST_VIA_PGBOUNCER starts its own PostgreSQL and PgBouncer: unset DATABASE_URL")
         }
         Some(url) => Server::External(url),
         None if let Some(mode) = via_pgbouncer() => {
@@ -68,7 +68,7 @@ pub struct TestDatabase {
     pub name: String,
     /// Straight to PostgreSQL: for the test's own pool, migrations and LISTEN.
     pub url: String,
-    /// What the services use: through PgBouncer with `TEST_VIA_PGBOUNCER=1`, else `url`.
+    /// What the services use: through PgBouncer with `TEST_VIA_PGBOUNCER`, else `url`.
     pub service_url: String,
     pub pool: PgPool,
 }
