@@ -70,6 +70,7 @@ async fn outage_with_immediate_shutdown() {
 /// it goes away), as on Neon's pooled endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_behind_pgbouncer_in_transaction_mode() {
+    let Some(_) = localpg::system_tool::PGBOUNCER.require() else { return };
     outage("fast", true).await;
 }
 

@@ -1,5 +1,8 @@
 //! PgBouncer (Debian's 1.18) in front of the services.
 //!
+//! Each test needs pgbouncer (`apt-get install pgbouncer`) and is skipped without it, unless `CI`
+//! is set (`localpg::system_tool`).
+//!
 //! What these tests establish:
 //! - With `DATABASE_DIRECT_URL` for migrations and LISTEN, the services work through the pooler
 //!   in session mode, and in transaction mode with `DB_POOL_MODE=transaction`
@@ -15,6 +18,7 @@
 
 use faults::{DedicatedPostgres, lazy_channel, wait_for_health, with_deadline};
 use localpg::pgbouncer::PgBouncer;
+use localpg::system_tool::PGBOUNCER;
 use secrecy::SecretString;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::time::{Duration, Instant};
@@ -33,11 +37,13 @@ fn bouncer(pg: &DedicatedPostgres, mode: &str) -> PgBouncer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_behind_pgbouncer_in_session_mode() {
+    let Some(_) = PGBOUNCER.require() else { return };
     services_work_behind_pgbouncer("session", PoolMode::Session).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_behind_pgbouncer_in_transaction_mode() {
+    let Some(_) = PGBOUNCER.require() else { return };
     services_work_behind_pgbouncer("transaction", PoolMode::Transaction).await;
 }
 
@@ -84,6 +90,7 @@ async fn services_work_behind_pgbouncer(pgbouncer_mode: &str, pool_mode: PoolMod
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_pooling_mixes_up_the_statements_of_plain_sqlx() {
+    let Some(_) = PGBOUNCER.require() else { return };
     let pg = DedicatedPostgres::start();
     let bouncer = bouncer(&pg, "transaction");
     let options: PgConnectOptions = bouncer.url("postgres").parse().unwrap();
@@ -97,6 +104,7 @@ async fn transaction_pooling_mixes_up_the_statements_of_plain_sqlx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn db_in_transaction_mode_runs_every_statement_and_leaves_none_behind() {
+    let Some(_) = PGBOUNCER.require() else { return };
     let pg = DedicatedPostgres::start();
     let bouncer = bouncer(&pg, "transaction");
     let options: PgConnectOptions = bouncer.url("postgres").parse().unwrap();
@@ -158,6 +166,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_queued_in_the_pooler_is_answered_unavailable_before_its_deadline() {
+    let Some(_) = PGBOUNCER.require() else { return };
     // Every server connection of the pooler is taken by transactions of another client, so the
     // service's statements wait in PgBouncer's queue, where no statement_timeout reaches them.
     let pg = DedicatedPostgres::start();

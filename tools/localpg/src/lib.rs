@@ -9,6 +9,7 @@
 mod binaries;
 pub mod pgbouncer;
 mod server;
+pub mod system_tool;
 pub mod test_database;
 
 pub use binaries::{PgBinaries, find_binaries};

@@ -8,6 +8,7 @@
 
 use crate::PrivatePostgres;
 use crate::server::{command, free_port};
+use crate::system_tool::PGBOUNCER;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -21,30 +22,13 @@ pub struct PgBouncer {
     dir: PathBuf,
 }
 
-/// Where Debian's package puts the program, if it is not on PATH.
-const DEBIAN_PATH: &str = "/usr/sbin/pgbouncer";
-
-fn program() -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            if dir.join("pgbouncer").is_file() {
-                return Ok(dir.join("pgbouncer"));
-            }
-        }
-    }
-    let debian = Path::new(DEBIAN_PATH);
-    if debian.is_file() {
-        return Ok(debian.to_path_buf());
-    }
-    Err("pgbouncer not found: install it (`apt-get install -y pgbouncer`) or unset TEST_VIA_PGBOUNCER".into())
-}
-
 impl PgBouncer {
     /// Starts pgbouncer in front of `server` with `pool_mode` ("session" or "transaction"), for
     /// every database on it, as the server's superuser with its password. Blocks until it
-    /// accepts connections.
+    /// accepts connections. Tests call `system_tool::PGBOUNCER.require()` first, so that a
+    /// machine without pgbouncer skips them; this errs, naming the package, when it is missing.
     pub fn start(server: &PrivatePostgres, dir: &Path, pool_mode: &str) -> Result<Self, String> {
-        let program = program()?;
+        let program = PGBOUNCER.find()?;
         let owner = server.owner();
         fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let chown = |path: &Path| -> Result<(), String> {

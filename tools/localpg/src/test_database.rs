@@ -47,7 +47,7 @@ fn server() -> &'static Server {
             let pg = PrivatePostgres::start(binaries, &root, Durability::Throwaway, true)
                 .unwrap_or_else(|e| panic!("starting the private test PostgreSQL: {e}"));
             let bouncer = PgBouncer::start(&pg, &root.join("pgbouncer"), mode)
-                .unwrap_or_else(|e| panic!("starting PgBouncer in front of it: {e}"));
+                .unwrap_or_else(|e| panic!("starting PgBouncer in front of it (TEST_VIA_PGBOUNCER={mode}): {e}"));
             let url = pg.url("postgres");
             Server::Pooled(pg, url, bouncer)
         }
