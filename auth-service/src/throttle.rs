@@ -74,3 +74,25 @@ impl LoginThrottle {
         store::throttle_forgive(&self.pool, &keys.account, keys.address.as_deref()).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn address_key(ip: &str) -> Option<String> {
+        AttemptKeys::new("a@example.com", Some(ip.parse().expect("a test address"))).address
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_and_ipv4_by_their_address() {
+        // One subscriber's /64: any interface id, the same counter.
+        let one = address_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd");
+        assert_eq!(one.as_deref(), Some("address:2001:db8:1:2::/64"));
+        assert_eq!(address_key("2001:db8:1:2::1"), one);
+        // The next /64 is someone else.
+        assert_ne!(address_key("2001:db8:1:3::1"), one);
+        assert_eq!(address_key("192.0.2.7").as_deref(), Some("address:192.0.2.7"));
+        assert_ne!(address_key("192.0.2.8"), address_key("192.0.2.7"));
+        assert_eq!(AttemptKeys::new("a@example.com", None).address, None);
+    }
+}

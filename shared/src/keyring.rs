@@ -95,6 +95,22 @@ impl KeyRing {
         }
     }
 
+    /// A ring holding `keys` (kid, raw 32-byte Ed25519 public key) as if just loaded: for unit
+    /// tests of the verifier, which must reach the signature check without a database.
+    #[cfg(test)]
+    pub(crate) fn loaded_with(pool: Db, keys: &[(&str, [u8; 32])]) -> Self {
+        let ring = Self::new(pool);
+        let keys = keys
+            .iter()
+            .map(|(kid, public)| {
+                (kid.to_string(), ActiveKey { key: DecodingKey::from_ed_der(public), retired_at: None })
+            })
+            .collect();
+        *ring.loaded.write().expect("key ring lock is never poisoned: no panics inside") =
+            Loaded { keys: Arc::new(keys), at: Some(Instant::now()) };
+        ring
+    }
+
     /// A key ring loaded now if the database answers; otherwise it loads on first use.
     pub async fn load(pool: Db) -> Arc<Self> {
         let keys = Arc::new(Self::new(pool));

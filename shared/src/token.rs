@@ -154,47 +154,117 @@ mod tests {
     use super::*;
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ed25519_dalek::{Signer, SigningKey};
+    use proptest::prelude::*;
 
+    const KID: &str = "test-key";
+    const ISSUER: &str = "i";
+    const AUDIENCE: &str = "a";
+
+    fn signing_key() -> SigningKey {
+        SigningKey::from_bytes(&[7u8; 32])
+    }
+
+    /// A verifier that knows one key (`KID`), so that well-formed tokens reach the algorithm,
+    /// signature and claim checks; its database is nowhere, so only an unknown kid reaches it.
     fn verifier() -> TokenVerifier {
-        // Never reached for malformed input; a refused connection for well-formed headers.
         let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a valid URL");
-        TokenVerifier::new(
-            Arc::new(KeyRing::new(pool.into())),
-            &TokenConfig { issuer: "i".into(), audience: "a".into() },
-        )
+        let keys = KeyRing::loaded_with(pool.into(), &[(KID, signing_key().verifying_key().to_bytes())]);
+        TokenVerifier::new(Arc::new(keys), &TokenConfig { issuer: ISSUER.into(), audience: AUDIENCE.into() })
     }
 
     fn b64(json: &serde_json::Value) -> String {
         URL_SAFE_NO_PAD.encode(serde_json::to_vec(json).expect("JSON serializes"))
     }
 
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+    fn verify(token: &str) -> Result<AccessClaims, TokenError> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async { verifier().verify(token).await })
+    }
 
-        /// Arbitrary text is refused, never accepted and never a panic.
+    /// How the token's signature is made.
+    #[derive(Debug, Clone, Copy)]
+    enum Signature {
+        /// By the verifier's key, over the header and claims as sent.
+        Real,
+        /// Real, with one byte flipped.
+        Tampered(usize),
+        /// Bytes of no key.
+        Arbitrary,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Arbitrary text is refused as an invalid token, never accepted, never a panic.
         #[test]
         fn arbitrary_text_is_refused(token in ".{0,300}") {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-            let outcome = runtime.block_on(async { verifier().verify(&token).await });
-            proptest::prop_assert!(outcome.is_err());
+            prop_assert!(matches!(verify(&token), Err(TokenError::Invalid)));
         }
 
-        /// Well-formed JWTs with arbitrary headers, claims and signatures are refused.
+        /// A model of the verifier: a JWT is accepted exactly when its header says EdDSA and
+        /// at+jwt with the known kid, the known key signed it as sent, and its claims are the
+        /// configured issuer and audience, unexpired, with a user and session id. Each part is
+        /// varied between right and wrong, so removing any one check makes some case fail.
         #[test]
-        fn arbitrary_jwts_are_refused(
-            alg in proptest::sample::select(vec!["none", "HS256", "RS256", "EdDSA", "ES256", ""]),
-            typ in proptest::option::of("[a-z+]{0,8}"),
-            kid in proptest::option::of(".{0,20}"),
-            sub in ".{0,40}",
-            exp in proptest::num::i64::ANY,
-            signature in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+        fn exactly_the_right_jwts_are_accepted(
+            alg in prop::sample::select(vec!["EdDSA", "EdDSA", "none", "HS256", "RS256", "ES256", ""]),
+            typ in prop::sample::select(vec![Some("at+jwt"), Some("at+jwt"), Some("JWT"), Some("dpop+jwt"), None]),
+            kid in prop::sample::select(vec![Some(KID), Some(KID), None]),
+            issuer in prop::sample::select(vec![ISSUER, ISSUER, "another issuer"]),
+            audience in prop::sample::select(vec![AUDIENCE, AUDIENCE, "another audience"]),
+            expires_in in prop::sample::select(vec![600i64, 600, -600]),
+            sub in prop::sample::select(vec![Some(Uuid::new_v4().to_string()), Some("not a uuid".to_string()), None]),
+            signature in prop_oneof![
+                3 => Just(Signature::Real),
+                1 => (0usize..64).prop_map(Signature::Tampered),
+                1 => Just(Signature::Arbitrary),
+            ],
+            arbitrary in prop::collection::vec(any::<u8>(), 64),
         ) {
+            let now = chrono::Utc::now().timestamp();
             let header = serde_json::json!({"alg": alg, "typ": typ, "kid": kid});
-            let claims = serde_json::json!({"iss": "i", "aud": "a", "sub": sub, "sid": sub, "exp": exp, "iat": 0, "jti": sub});
-            let token = format!("{}.{}.{}", b64(&header), b64(&claims), URL_SAFE_NO_PAD.encode(&signature));
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-            let outcome = runtime.block_on(async { verifier().verify(&token).await });
-            proptest::prop_assert!(outcome.is_err());
+            let mut claims = serde_json::json!({
+                "iss": issuer, "aud": audience, "sid": Uuid::new_v4(), "iat": now,
+                "exp": now + expires_in, "jti": Uuid::new_v4(),
+            });
+            if let Some(sub) = &sub {
+                claims["sub"] = serde_json::json!(sub);
+            }
+            let signed = format!("{}.{}", b64(&header), b64(&claims));
+            let mut bytes = signing_key().sign(signed.as_bytes()).to_bytes().to_vec();
+            match signature {
+                Signature::Real => {}
+                Signature::Tampered(at) => bytes[at] ^= 0x01,
+                Signature::Arbitrary => bytes = arbitrary,
+            }
+            let token = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(&bytes));
+
+            let right = alg == "EdDSA"
+                && typ == Some("at+jwt")
+                && kid.is_some()
+                && issuer == ISSUER
+                && audience == AUDIENCE
+                && expires_in > 0
+                && sub.as_deref().is_some_and(|s| s.parse::<Uuid>().is_ok())
+                && matches!(signature, Signature::Real);
+            match verify(&token) {
+                Ok(verified) => {
+                    prop_assert!(right, "accepted a wrong token: {header} {claims} {signature:?}");
+                    prop_assert_eq!(verified.sub.to_string(), sub.expect("accepted tokens have a subject"));
+                }
+                Err(error) => {
+                    prop_assert!(!right, "refused a right token ({error}): {header} {claims}");
+                    // Refused for what it is: expired only when it is, never for want of a database.
+                    let expected = if expires_in < 0 { "TOKEN_EXPIRED or INVALID_TOKEN" } else { "INVALID_TOKEN" };
+                    let fits = match error {
+                        TokenError::Invalid => true,
+                        TokenError::Expired => expires_in < 0,
+                        _ => false,
+                    };
+                    prop_assert!(fits, "refused with {} where {expected} was due", error.reason());
+                }
+            }
         }
     }
 }

@@ -182,11 +182,13 @@ async fn sigterm_mid_load_answers_the_calls_in_flight_and_exits_0() {
     let status = exit.expect("task-service exits within the drain time after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
 
-    // No call the server took was cut: every call either got its answer (OK, or UNAVAILABLE
-    // for one that came as the server stopped) or never reached it (the client's transport
-    // turned it away after the GOAWAY, or the port was closed: UNAVAILABLE). And the database
-    // agrees: every OK is stored and nothing that failed is, so no call was done without its
-    // answer reaching the client.
+    // No call the server took was cut or refused: every call either got its answer (OK) or never
+    // reached the server (the client's transport turned it away after the GOAWAY, or the port
+    // was closed: UNAVAILABLE from the transport, with no ErrorInfo). An UNAVAILABLE of the
+    // server's own, such as DATABASE_UNAVAILABLE from a pool closed while calls were still in
+    // flight, is a call taken and not served: it counts as cut. And the database agrees: every OK
+    // is stored and nothing that failed is, so no call was done without its answer reaching the
+    // client.
     let codes = std::mem::take(&mut *codes.lock().unwrap());
     let failed: Vec<&Answer> = codes.iter().filter(|(_, r)| r.is_err()).collect();
     let cut: Vec<&Answer> = failed
@@ -194,7 +196,8 @@ async fn sigterm_mid_load_answers_the_calls_in_flight_and_exits_0() {
         .copied()
         .filter(|(_, r)| {
             let status = r.as_ref().unwrap_err();
-            status.code() != tonic::Code::Unavailable && !never_taken_by_the_server(status)
+            let refused_unsent = status.code() == tonic::Code::Unavailable && testkit::reason(status).is_empty();
+            !refused_unsent && !never_taken_by_the_server(status)
         })
         .collect();
     let turned_away = failed.iter().filter(|(_, r)| r.as_ref().is_err_and(never_taken_by_the_server)).count();

@@ -54,6 +54,16 @@ async fn logout_all_revokes_every_session_of_the_caller_only() {
 async fn change_password_revokes_old_sessions_and_returns_a_new_pair() {
     let app = TestApp::spawn().await;
     let (_, old) = app.sign_up("oli@example.com").await;
+    // A second device (or a thief) holds a session of its own: the change must end it too.
+    let other_device = app
+        .auth
+        .clone()
+        .login(LoginRequest { email: "oli@example.com".into(), password: PASSWORD.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
     let err = app
         .auth
         .clone()
@@ -90,9 +100,23 @@ async fn change_password_revokes_old_sessions_and_returns_a_new_pair() {
         .into_inner()
         .tokens
         .unwrap();
-    let err = app.auth.clone().get_current_user(authed(GetCurrentUserRequest {}, &old.access_token)).await.unwrap_err();
-    assert_error(&err, Code::Unauthenticated, "SESSION_REVOKED");
+    for ended in [&old, &other_device] {
+        let err =
+            app.auth.clone().get_current_user(authed(GetCurrentUserRequest {}, &ended.access_token)).await.unwrap_err();
+        assert_error(&err, Code::Unauthenticated, "SESSION_REVOKED");
+        let refresh = RefreshTokenRequest { refresh_token: ended.refresh_token.clone() };
+        let err = app.auth.clone().refresh_token(refresh).await.unwrap_err();
+        assert_error(&err, Code::Unauthenticated, "SESSION_REVOKED");
+    }
     app.auth.clone().get_current_user(authed(GetCurrentUserRequest {}, &new.access_token)).await.unwrap();
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sessions s JOIN users u ON u.id = s.user_id
+         WHERE u.email = 'oli@example.com' AND s.revoked_at IS NULL",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(live, 1, "only the session the change opened is live");
     let err = app
         .auth
         .clone()

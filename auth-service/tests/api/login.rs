@@ -1,6 +1,6 @@
 use std::time::Instant;
 use testkit::{PASSWORD, TestApp, assert_error, bad_fields};
-use todo_proto::auth::v1::LoginRequest;
+use todo_proto::auth::v1::{LoginRequest, SignUpRequest};
 use tonic::Code;
 
 #[tokio::test]
@@ -87,4 +87,20 @@ async fn missing_fields_are_invalid_argument() {
     let err = app.auth.clone().login(LoginRequest { email: "".into(), password: "".into() }).await.unwrap_err();
     assert_error(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
     assert_eq!(bad_fields(&err), ["email", "password"]);
+}
+
+#[tokio::test]
+async fn a_password_is_never_cut_at_login_either() {
+    // bcrypt compares only the first 72 bytes: without our own check, the password plus any
+    // suffix would log in.
+    let app = TestApp::spawn().await;
+    let password = "p".repeat(72);
+    let sign_up = SignUpRequest { email: "max@example.com".into(), password: password.clone() };
+    app.auth.clone().sign_up(sign_up).await.unwrap();
+    for longer in [format!("{password}x"), format!("{password}{password}")] {
+        let attempt = LoginRequest { email: "max@example.com".into(), password: longer };
+        let err = app.auth.clone().login(attempt).await.unwrap_err();
+        assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    }
+    app.auth.clone().login(LoginRequest { email: "max@example.com".into(), password }).await.unwrap();
 }

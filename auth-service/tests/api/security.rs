@@ -61,6 +61,37 @@ async fn an_account_is_throttled_across_instances_without_locking_others() {
 }
 
 #[tokio::test]
+async fn a_successful_login_clears_the_accounts_failure_count() {
+    let db = TestDatabase::new().await;
+    let mut config = auth_config(&db);
+    config.throttle.max_failures_per_account = 3;
+    let server = spawn_auth(config).await;
+    let mut auth = client(&server).await;
+    sign_up(&mut auth, "typo@example.com").await;
+    // A real user who mistypes twice before each success, three times over: six failures in one
+    // window, never three in a row, so never locked out.
+    for round in 0..3 {
+        for _ in 0..2 {
+            let err = login(&mut auth, "typo@example.com", "mistyped password").await.unwrap_err();
+            assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
+        }
+        login(&mut auth, "typo@example.com", PASSWORD).await.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        let account: Option<i32> =
+            sqlx::query_scalar("SELECT failures FROM login_throttle WHERE key = 'account:typo@example.com'")
+                .fetch_optional(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(account, None, "a success deletes the account's count");
+        // The address keeps its failures (only the successful attempt is taken back).
+        let address: i32 = sqlx::query_scalar("SELECT failures FROM login_throttle WHERE key LIKE 'address:%'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(address, 2 * (round + 1));
+    }
+}
+
+#[tokio::test]
 async fn one_address_is_throttled_across_accounts_at_its_own_higher_limit() {
     let db = TestDatabase::new().await;
     let mut config = auth_config(&db);

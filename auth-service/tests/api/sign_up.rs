@@ -29,13 +29,19 @@ async fn sign_up_normalises_email_and_stores_only_a_bcrypt_hash() {
     assert_eq!(email, "alice@example.com");
     assert!(hash.starts_with("$2"), "bcrypt hash");
     assert!(bcrypt::verify("s3cret-password", &hash).unwrap());
-    // Refresh tokens are stored only as hashes.
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM refresh_tokens WHERE token_hash = $1")
-        .bind(tokens.refresh_token.as_bytes())
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
-    assert_eq!(stored, 0);
+    // The refresh token is stored only as its SHA-256 (computed here by PostgreSQL, not by our
+    // code), and no column anywhere in its row holds its text.
+    let (hashed, plain): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE r.token_hash = sha256(convert_to($1, 'UTF8'))),
+                count(*) FILTER (WHERE strpos(r::text, $1) > 0)
+         FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE s.user_id = $2::uuid",
+    )
+    .bind(&tokens.refresh_token)
+    .bind(&user.id)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!((hashed, plain), (1, 0), "one row, keyed by SHA-256 of the token, without its text");
 }
 
 #[tokio::test]

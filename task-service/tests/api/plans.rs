@@ -10,9 +10,14 @@ const DEEP_USER: &str = "00000000-0000-4000-8000-000000000001";
 /// The plan of `sql` for the deep user, as a prepared statement gets it: generic (what sqlx's
 /// cached statements end up with) or custom.
 async fn plan(db: &TestDatabase, sql: &str, args: &str, generic: bool) -> String {
+    plan_with(db, "", sql, args, generic).await
+}
+
+/// `plan` with planner `settings` (`SET ...;` statements) in force.
+async fn plan_with(db: &TestDatabase, settings: &str, sql: &str, args: &str, generic: bool) -> String {
     let mut conn = db.pool.acquire().await.unwrap();
     let mode = if generic { "force_generic_plan" } else { "force_custom_plan" };
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}; PREPARE p AS {sql}")))
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{settings} SET plan_cache_mode = {mode}; PREPARE p AS {sql}")))
         .execute(&mut *conn)
         .await
         .unwrap();
@@ -20,7 +25,7 @@ async fn plan(db: &TestDatabase, sql: &str, args: &str, generic: bool) -> String
         .fetch_all(&mut *conn)
         .await
         .unwrap();
-    sqlx::raw_sql("DEALLOCATE p; RESET plan_cache_mode").execute(&mut *conn).await.unwrap();
+    sqlx::raw_sql("DEALLOCATE p; RESET ALL").execute(&mut *conn).await.unwrap();
     rows.join("\n")
 }
 
@@ -122,9 +127,10 @@ async fn user_scoped_statements_use_indexes_over_a_large_table() {
 
     // GetTaskStats reads only the (user_id, completed) index once vacuum has marked the pages
     // all-visible (autovacuum's job in production). A vacuum can find a snapshot of another
-    // session of the shared test server still open and leave pages unmarked: vacuum until every
-    // page is marked. Without that the planner rightly prefers the heap, so there is nothing to
-    // assert (seen once through PgBouncer; the direct pass reaches it).
+    // session of the shared test server still open and leave pages unmarked, and then the
+    // planner rightly prefers the heap (seen once through PgBouncer). So: vacuum until every page
+    // is marked and check the plan as it is; if that never happens, check that the index covers
+    // the statement. Either way it is checked.
     let mut all_visible = false;
     for _ in 0..40 {
         sqlx::raw_sql("VACUUM ANALYZE tasks").execute(&db.pool).await.unwrap();
@@ -139,12 +145,16 @@ async fn user_scoped_statements_use_indexes_over_a_large_table() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
-    if !all_visible {
-        eprintln!("vacuum could not mark every page of tasks all-visible within 10 s: stats plan not checked");
-        return;
-    }
+    // With the heap's pages not all visible, the planner may rightly read the heap: take that
+    // choice away, so that what is checked is that the index alone can answer.
+    let settings = if all_visible {
+        ""
+    } else {
+        eprintln!("vacuum could not mark every page of tasks all-visible: stats plan checked with heap scans off");
+        "SET enable_seqscan = off; SET enable_bitmapscan = off;"
+    };
     for generic in [true, false] {
-        let plan = plan(&db, task_service::sync::feed::STATS, &user, generic).await;
+        let plan = plan_with(&db, settings, task_service::sync::feed::STATS, &user, generic).await;
         assert!(plan.contains("Index Only Scan using idx_tasks_user_completed"), "stats (generic={generic}):\n{plan}");
     }
 }

@@ -2,24 +2,19 @@
 
 use crate::token_minting::{TestKey, good_claims, live_session};
 use std::time::{Duration, Instant};
-use testkit::{PASSWORD, TestApp, assert_error, authed};
+use testkit::{PASSWORD, TestApp, assert_error, authed, refused_within};
 use todo_proto::auth::v1::*;
-use todo_proto::task::v1::ListTasksRequest;
+use todo_proto::task::v1::{ListTasksRequest, WatchTasksRequest};
 use tonic::Code;
 
-/// Polls ListTasks until it is refused with SESSION_REVOKED; returns how long that took.
-async fn time_until_refused(app: &TestApp, token: &str) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
-        match app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), token)).await {
-            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(status) => {
-                assert_error(&status, Code::Unauthenticated, "SESSION_REVOKED");
-                return start.elapsed();
-            }
-        }
-    }
-    panic!("task-service still accepts a revoked session after 5 s");
+/// Asserts that task-service refuses `token` with SESSION_REVOKED within a second.
+async fn refused_within_a_second(app: &TestApp, token: &str) {
+    let list = || {
+        let mut tasks = app.tasks.clone();
+        let request = authed(ListTasksRequest::default(), token);
+        async move { tasks.list_tasks(request).await }
+    };
+    refused_within(Duration::from_secs(1), Code::Unauthenticated, "SESSION_REVOKED", list).await;
 }
 
 /// Waits (bounded) until task-service's listener connection has issued LISTEN.
@@ -50,7 +45,7 @@ async fn every_kind_of_revocation_reaches_task_service_within_a_second() {
     let (_, t) = app.sign_up("a@example.com").await;
     app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &t.access_token)).await.unwrap();
     auth.logout(LogoutRequest { refresh_token: t.refresh_token }).await.unwrap();
-    assert!(time_until_refused(&app, &t.access_token).await < Duration::from_secs(1));
+    refused_within_a_second(&app, &t.access_token).await;
 
     // LogoutAll: both sessions.
     let (_, first) = app.sign_up("b@example.com").await;
@@ -62,8 +57,8 @@ async fn every_kind_of_revocation_reaches_task_service_within_a_second() {
         .tokens
         .unwrap();
     auth.logout_all(authed(LogoutAllRequest {}, &first.access_token)).await.unwrap();
-    assert!(time_until_refused(&app, &first.access_token).await < Duration::from_secs(1));
-    assert!(time_until_refused(&app, &second.access_token).await < Duration::from_secs(1));
+    refused_within_a_second(&app, &first.access_token).await;
+    refused_within_a_second(&app, &second.access_token).await;
 
     // ChangePassword: the old session dies, the new pair works.
     let (_, old) = app.sign_up("c@example.com").await;
@@ -77,13 +72,13 @@ async fn every_kind_of_revocation_reaches_task_service_within_a_second() {
         .into_inner()
         .tokens
         .unwrap();
-    assert!(time_until_refused(&app, &old.access_token).await < Duration::from_secs(1));
+    refused_within_a_second(&app, &old.access_token).await;
     app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &new.access_token)).await.unwrap();
 
     // DeleteAccount: the sessions go by cascade.
     let (_, d) = app.sign_up("d@example.com").await;
     auth.delete_account(authed(DeleteAccountRequest { password: PASSWORD.into() }, &d.access_token)).await.unwrap();
-    assert!(time_until_refused(&app, &d.access_token).await < Duration::from_secs(1));
+    refused_within_a_second(&app, &d.access_token).await;
 
     // Refresh-token reuse (after the grace window, simulated by ageing spent_at).
     let (_, e) = app.sign_up("e@example.com").await;
@@ -100,7 +95,7 @@ async fn every_kind_of_revocation_reaches_task_service_within_a_second() {
         .unwrap();
     let err = auth.refresh_token(RefreshTokenRequest { refresh_token: e.refresh_token }).await.unwrap_err();
     assert_error(&err, Code::Unauthenticated, "REFRESH_TOKEN_REUSED");
-    assert!(time_until_refused(&app, &rotated.access_token).await < Duration::from_secs(1));
+    refused_within_a_second(&app, &rotated.access_token).await;
 }
 
 #[tokio::test]
@@ -131,7 +126,7 @@ async fn a_lost_listener_connection_falls_back_to_the_database_and_reloads() {
     assert!(killed >= 1, "found the listener's connection");
     // Whether the check goes to the database (listener down) or to the reloaded list
     // (listener back), the session is refused...
-    assert!(time_until_refused(&app, &t.access_token).await < Duration::from_secs(1));
+    refused_within_a_second(&app, &t.access_token).await;
     // ...and still once the listener is back and answers from memory: the list was reloaded.
     wait_until_live(&app).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -163,17 +158,12 @@ async fn keys_rotate_without_restarting_task_service() {
         .execute(&app.db.pool)
         .await
         .unwrap();
-    let start = Instant::now();
-    loop {
-        match app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &old_token)).await {
-            Ok(_) if start.elapsed() < Duration::from_secs(1) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Ok(_) => panic!("a retired key still verifies after 1 s"),
-            Err(status) => {
-                assert_error(&status, Code::Unauthenticated, "INVALID_TOKEN");
-                break;
-            }
-        }
-    }
+    let list = || {
+        let mut tasks = app.tasks.clone();
+        let request = authed(ListTasksRequest::default(), &old_token);
+        async move { tasks.list_tasks(request).await }
+    };
+    refused_within(Duration::from_secs(1), Code::Unauthenticated, "INVALID_TOKEN", list).await;
     app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &new_token)).await.unwrap();
     let kids: Vec<String> = app
         .auth
@@ -241,23 +231,133 @@ async fn a_rolling_key_rotation_of_auth_service_needs_no_task_service_restart() 
     // Retiring the old key (auth-service retire-key) takes effect within a second at
     // task-service, which was never restarted; GetJwks no longer lists it.
     assert!(auth_service::signing_key::retire(&app.db.pool.clone().into(), &old_kid, Duration::ZERO).await.unwrap());
-    let start = Instant::now();
-    loop {
-        match app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &old_token)).await {
-            Ok(_) => {
-                assert!(start.elapsed() < Duration::from_secs(1), "a retired key still verifies after 1 s");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(status) => {
-                assert_error(&status, Code::Unauthenticated, "INVALID_TOKEN");
-                break;
-            }
-        }
-    }
+    let list = || {
+        let mut tasks = app.tasks.clone();
+        let request = authed(ListTasksRequest::default(), &old_token);
+        async move { tasks.list_tasks(request).await }
+    };
+    refused_within(Duration::from_secs(1), Code::Unauthenticated, "INVALID_TOKEN", list).await;
     app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &new_token)).await.unwrap();
     let kids: Vec<String> =
         auth.get_jwks(GetJwksRequest {}).await.unwrap().into_inner().keys.into_iter().map(|k| k.kid).collect();
     assert_eq!(kids.len(), 2);
     assert!(!kids.contains(&old_kid));
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn with_the_listener_live_no_call_reads_the_sessions_table() {
+    // The README's "no database round trip per call": while another transaction holds an
+    // exclusive lock on sessions, any call that looked its session up would wait for it.
+    let app = TestApp::spawn().await;
+    wait_until_live(&app).await;
+    let (_, t) = app.sign_up("nolookup@example.com").await;
+    let list = |deadline: Duration| {
+        let mut request = authed(ListTasksRequest::default(), &t.access_token);
+        request.set_timeout(deadline);
+        let mut tasks = app.tasks.clone();
+        async move { tasks.list_tasks(request).await }
+    };
+    list(Duration::from_secs(5)).await.unwrap();
+    // The list becomes live just after LISTEN (it loads first): up to three tries, each starting
+    // with the lock taken, so a start-up still under way is not taken for a lookup per call.
+    let mut outcome = Err(String::new());
+    for _ in 0..3 {
+        let mut lock = app.db.pool.begin().await.unwrap();
+        sqlx::query("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+        outcome = Ok(());
+        for n in 0..20 {
+            if let Err(status) = list(Duration::from_millis(1000)).await {
+                outcome = Err(format!("call {n} with sessions locked: {status:?}"));
+                break;
+            }
+        }
+        lock.rollback().await.unwrap();
+        if outcome.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    outcome.expect("calls go on while sessions is locked: no call looks up its session");
+}
+
+#[tokio::test]
+async fn a_verified_token_is_accepted_from_the_cache_only_until_it_expires() {
+    let app = TestApp::spawn().await;
+    wait_until_live(&app).await;
+    let (user, _) = app.sign_up("brief@example.com").await;
+    let sid = live_session(&app.db.pool, &user.id).await;
+    let key = TestKey::new("brief-key");
+    key.register(&app.db.pool).await;
+    // Expired 3 s ago: still inside the verifier's 5 s leeway, so accepted, and cached, now; two
+    // seconds on it is past even the leeway.
+    let mut claims = good_claims(&user.id, sid);
+    claims["exp"] = serde_json::json!(chrono::Utc::now().timestamp() - 3);
+    let token = key.sign_claims(&claims);
+    app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &token)).await.expect("inside the leeway");
+    let request = WatchTasksRequest { sync_token: String::new() };
+    let mut stream =
+        app.tasks.clone().watch_tasks(authed(request, &token)).await.expect("inside the leeway").into_inner();
+
+    let list = || {
+        let mut tasks = app.tasks.clone();
+        let request = authed(ListTasksRequest::default(), &token);
+        async move { tasks.list_tasks(request).await }
+    };
+    refused_within(Duration::from_secs(4), Code::Unauthenticated, "TOKEN_EXPIRED", list).await;
+    // The stream re-checks its token every second, so it ends too, with the same reason.
+    let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the stream of an expired token ends within a second or two of the call being refused");
+    assert_error(&ended, Code::Unauthenticated, "TOKEN_EXPIRED");
+}
+
+#[tokio::test]
+async fn a_key_retired_for_later_verifies_until_then_and_stops_within_a_second_after() {
+    // `auth-service retire-key <kid> 900`: the key's tokens keep working until the time given.
+    let app = TestApp::spawn().await;
+    wait_until_live(&app).await;
+    let (user, _) = app.sign_up("later@example.com").await;
+    let sid = live_session(&app.db.pool, &user.id).await;
+    let key = TestKey::new("leaving-key");
+    key.register(&app.db.pool).await;
+    let cached = key.sign_claims(&good_claims(&user.id, sid));
+    app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &cached)).await.unwrap();
+    let jwks = || async {
+        let keys = app.auth.clone().get_jwks(GetJwksRequest {}).await.unwrap().into_inner().keys;
+        keys.into_iter().map(|k| k.kid).collect::<Vec<_>>()
+    };
+
+    let until = Instant::now() + Duration::from_secs(3);
+    assert!(
+        auth_service::signing_key::retire(&app.db.pool.clone().into(), "leaving-key", Duration::from_secs(3))
+            .await
+            .unwrap()
+    );
+    // Until then: the cached token, and tokens never seen before, verify; GetJwks lists the key.
+    while Instant::now() + Duration::from_millis(1500) < until {
+        let fresh = key.sign_claims(&good_claims(&user.id, sid));
+        for token in [&cached, &fresh] {
+            let listed = app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), token)).await;
+            listed.expect("a key retired for later still verifies before its time");
+        }
+        assert!(jwks().await.contains(&"leaving-key".to_string()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep_until(until.into()).await;
+    let list = || {
+        let mut tasks = app.tasks.clone();
+        let request = authed(ListTasksRequest::default(), &cached);
+        async move { tasks.list_tasks(request).await }
+    };
+    refused_within(Duration::from_secs(1), Code::Unauthenticated, "INVALID_TOKEN", list).await;
+    assert!(!jwks().await.contains(&"leaving-key".to_string()), "GetJwks lists exactly the keys that verify");
 }

@@ -34,8 +34,8 @@ pub async fn delete(app: &TestApp, u: &User, id: i64) {
 }
 
 /// A slow writer changes `task` and keeps its transaction open, then a CreateTask of `title` starts
-/// (it waits for the slow one: a user's changes commit in order). Commit the transaction to let
-/// the create finish.
+/// and is seen waiting for the slow one's lock (a user's changes commit in order). Commit the
+/// transaction to let the create finish.
 pub async fn slow_update_then_create(
     app: &TestApp,
     u: &User,
@@ -53,6 +53,8 @@ pub async fn slow_update_then_create(
         let request = CreateTaskRequest { title, ..Default::default() };
         tasks.clone().create_task(authed(request, &token)).await.unwrap().into_inner().task.unwrap()
     });
+    // Waited for, not slept for: under load the create could still be on its way after any sleep.
+    testkit::until_waiting_on_locks(&app.db.pool, 1).await;
     (slow, fast)
 }
 
@@ -226,7 +228,6 @@ async fn a_transaction_that_started_first_and_committed_last_is_not_skipped() {
 
     // A slow writer changes a task and keeps its transaction open while a fast one starts after it.
     let (slow, fast) = slow_update_then_create(&app, &alice, &slow_task, "fast").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     // A sync meanwhile sees neither, and its token does not move past the slow change.
     let (changed, _, during) = sync_all(&app, &alice, &token).await;
     assert!(changed.is_empty(), "uncommitted changes are not visible: {changed:?}");

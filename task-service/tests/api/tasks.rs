@@ -269,6 +269,50 @@ async fn a_repeated_request_id_returns_the_first_task() {
     assert_eq!(count, 4);
 }
 
+#[tokio::test]
+async fn deleting_a_task_frees_its_request_id() {
+    let app = TestApp::spawn().await;
+    let alice = user(&app, "alice@example.com").await;
+    let request = CreateTaskRequest { title: "first".into(), description: None, request_id: "req-9".into() };
+    let first = create(&app, &alice, request).await.unwrap();
+    let delete = DeleteTaskRequest { id: first.id, etag: String::new() };
+    app.tasks.clone().delete_task(authed(delete, &alice.token)).await.unwrap();
+    // The same request id now makes a new task, not the deleted one again (nor an error).
+    let request = CreateTaskRequest { title: "second".into(), description: None, request_id: "req-9".into() };
+    let second = create(&app, &alice, request).await.unwrap();
+    assert_ne!(second.id, first.id);
+    assert_eq!(second.title, "second");
+    let get = GetTaskRequest { id: second.id };
+    assert_eq!(app.tasks.clone().get_task(authed(get, &alice.token)).await.unwrap().into_inner().task.unwrap(), second);
+}
+
+#[tokio::test]
+async fn another_writers_change_moves_the_etag_and_a_stale_one_is_aborted() {
+    // The etag is the row version, so a change made outside the service (an admin's UPDATE)
+    // makes the client's copy stale too.
+    let app = TestApp::spawn().await;
+    let alice = user(&app, "alice@example.com").await;
+    let task = create(&app, &alice, titled("mine")).await.unwrap();
+    sqlx::query("UPDATE tasks SET description = 'set by an admin' WHERE id = $1")
+        .bind(task.id as i32)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let get = GetTaskRequest { id: task.id };
+    let now = app.tasks.clone().get_task(authed(get, &alice.token)).await.unwrap().into_inner().task.unwrap();
+    assert_ne!(now.etag, task.etag, "the admin's write moved the etag");
+    let update =
+        UpdateTaskRequest { id: task.id, completed: Some(true), etag: task.etag.clone(), ..Default::default() };
+    let err = app.tasks.clone().update_task(authed(update, &alice.token)).await.unwrap_err();
+    assert_error(&err, Code::Aborted, "ETAG_MISMATCH");
+    let delete = DeleteTaskRequest { id: task.id, etag: task.etag };
+    let err = app.tasks.clone().delete_task(authed(delete, &alice.token)).await.unwrap_err();
+    assert_error(&err, Code::Aborted, "ETAG_MISMATCH");
+    // With the current etag both go through.
+    let update = UpdateTaskRequest { id: task.id, completed: Some(true), etag: now.etag, ..Default::default() };
+    app.tasks.clone().update_task(authed(update, &alice.token)).await.unwrap();
+}
+
 async fn futures_join(app: &TestApp, u: &User, request: CreateTaskRequest, n: usize) -> Vec<Task> {
     let mut handles = Vec::new();
     for _ in 0..n {

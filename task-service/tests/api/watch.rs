@@ -79,6 +79,33 @@ async fn changes_reach_every_stream_of_the_user_on_every_instance_and_no_one_els
 }
 
 #[tokio::test]
+async fn a_committed_change_reaches_a_stream_within_a_poll_or_two() {
+    // Every 50 ms each instance polls the feeds. Ten changes committed by another writer, each
+    // timed from its commit to its event: the median must be a small multiple of the poll
+    // (a poll of a second, or waking only on the streams' 1 s tick, would make it ~500 ms).
+    let app = TestApp::spawn().await;
+    let alice = user(&app, "alice@example.com").await;
+    let task = create(&app, &alice, "timed").await;
+    let mut stream = watch(&app.tasks, &alice, "").await;
+    let mut latencies = Vec::new();
+    for n in 0..10 {
+        let title = format!("change {n}");
+        sqlx::query("UPDATE tasks SET title = $1 WHERE id = $2")
+            .bind(&title)
+            .bind(task.id as i32)
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        let committed = Instant::now();
+        assert_eq!(seen(&next(&mut stream).await), (ChangeType::Updated, task.id, title));
+        latencies.push(committed.elapsed());
+    }
+    latencies.sort();
+    eprintln!("commit to event: median {:?}, slowest {:?}", latencies[5], latencies[9]);
+    assert!(latencies[5] < Duration::from_millis(250), "median {:?} over ten changes: {latencies:?}", latencies[5]);
+}
+
+#[tokio::test]
 async fn a_stream_resumed_from_its_token_replays_exactly_what_was_missed_then_goes_live() {
     let app = TestApp::spawn().await;
     let alice = user(&app, "alice@example.com").await;

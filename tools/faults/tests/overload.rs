@@ -1,6 +1,6 @@
 //! Deadlines and overload: a client's deadline cancels its statement in PostgreSQL; a pool
-//! exhausted by slow statements answers UNAVAILABLE quickly; an oversized request gets
-//! RESOURCE_EXHAUSTED; junk bytes, half-open and a thousand idle connections disturb no one.
+//! exhausted by slow statements answers UNAVAILABLE quickly; a request one byte over 64 KiB gets
+//! RESOURCE_EXHAUSTED; one connection has at most 100 calls open; junk bytes, half-open and a thousand idle connections disturb no one.
 
 use faults::{health, with_deadline};
 use std::time::{Duration, Instant};
@@ -13,17 +13,6 @@ use todo_proto::task::v1::{CreateTaskRequest, GetTaskRequest, ListTasksRequest, 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-
-/// Statements of the services waiting for a lock in this test's database.
-async fn waiting_on_locks(db: &TestDatabase) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = 'todo' AND wait_event_type = 'Lock'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_cancels_the_statement_in_postgresql() {
@@ -43,14 +32,18 @@ async fn a_deadline_cancels_the_statement_in_postgresql() {
         tasks.update_task(with_deadline(update, Some(&token), Duration::from_millis(700))).await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(waiting_on_locks(&app.db).await, 1, "the update waits for the lock while its client waits");
+    assert_eq!(
+        testkit::statements_waiting_on_locks(&app.db.pool).await,
+        1,
+        "the update waits for the lock while its client waits"
+    );
     let err = call.await.unwrap().unwrap_err();
     assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
     assert!(started.elapsed() < Duration::from_millis(1500), "answered after {:?}", started.elapsed());
     // PostgreSQL cancelled it (statement_timeout = the time the call had left), though the
     // lock is still held: nothing keeps running for a client that has gone.
     let gone = Instant::now();
-    while waiting_on_locks(&app.db).await > 0 {
+    while testkit::statements_waiting_on_locks(&app.db.pool).await > 0 {
         assert!(gone.elapsed() < Duration::from_secs(1), "the statement still runs after the deadline");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -89,11 +82,7 @@ async fn a_pool_exhausted_by_slow_statements_answers_unavailable_quickly() {
         let update = UpdateTaskRequest { id: task.id, completed: Some(true), ..Default::default() };
         blocked.push(tokio::spawn(async move { tasks.update_task(testkit::authed(update, &token)).await }));
     }
-    let waiting = Instant::now();
-    while waiting_on_locks(&db).await < 2 {
-        assert!(waiting.elapsed() < Duration::from_secs(5), "the updates never waited for the lock");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    testkit::until_waiting_on_locks(&db.pool, 2).await;
     let started = Instant::now();
     let err = tasks.clone().get_task(testkit::authed(GetTaskRequest { id: task.id }, &token)).await.unwrap_err();
     let took = started.elapsed();
@@ -110,22 +99,77 @@ async fn a_pool_exhausted_by_slow_statements_answers_unavailable_quickly() {
     tasks.clone().get_task(testkit::authed(GetTaskRequest { id: task.id }, &token)).await.expect("served again");
 }
 
+/// A text field of `request` (set by `fill`) made as long as it takes for the whole message to
+/// encode to exactly `bytes`.
+fn sized<M: prost::Message + Clone>(request: &M, bytes: usize, fill: impl Fn(&mut M, String)) -> M {
+    let mut sized = request.clone();
+    for len in (bytes.saturating_sub(1024)..=bytes).rev() {
+        fill(&mut sized, "x".repeat(len));
+        if sized.encoded_len() == bytes {
+            return sized;
+        }
+    }
+    panic!("no text length encodes to {bytes} bytes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_5_mb_request_is_refused_and_the_server_stays_healthy() {
+async fn a_request_one_byte_over_64_kib_is_refused_and_the_server_stays_healthy() {
+    // Right at the limit the request reaches the handler (which refuses the field); one byte
+    // more and it is refused as too large, well below tonic's own 4 MiB default.
+    const LIMIT: usize = 64 * 1024;
+    assert_eq!(todo_shared::grpc_server::MAX_REQUEST_BYTES, LIMIT);
     let app = TestApp::spawn().await;
     let (_, tokens) = app.sign_up("big@example.com").await;
-    let huge = CreateTaskRequest { title: "x".repeat(5 * 1024 * 1024), ..Default::default() };
-    let err = app.tasks.clone().create_task(testkit::authed(huge, &tokens.access_token)).await.unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    let huge = SignUpRequest { email: "big2@example.com".into(), password: "p".repeat(5 * 1024 * 1024) };
-    let err = app.auth.clone().sign_up(huge).await.unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    let create = CreateTaskRequest::default();
+    let title = |r: &mut CreateTaskRequest, text: String| r.title = text;
+    for (bytes, code) in [(LIMIT, Code::InvalidArgument), (LIMIT + 1, Code::ResourceExhausted)] {
+        let request = sized(&create, bytes, title);
+        let err = app.tasks.clone().create_task(testkit::authed(request, &tokens.access_token)).await.unwrap_err();
+        assert_eq!(err.code(), code, "CreateTask of {bytes} bytes: {err:?}");
+        let sign_up = SignUpRequest { email: "big2@example.com".into(), password: String::new() };
+        let request = sized(&sign_up, bytes, |r, text| r.password = text);
+        let err = app.auth.clone().sign_up(request).await.unwrap_err();
+        assert_eq!(err.code(), code, "SignUp of {bytes} bytes: {err:?}");
+    }
     for addr in [app.auth_server.addr, app.task_server.addr] {
         let serving = faults::wait_for_health(addr, ServingStatus::Serving, Duration::from_secs(5)).await;
         assert!(serving.is_some(), "{addr} healthy");
     }
     let small = CreateTaskRequest { title: "small".into(), ..Default::default() };
     app.tasks.clone().create_task(testkit::authed(small, &tokens.access_token)).await.expect("served as before");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_has_at_most_100_calls_open_and_the_next_one_waits() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let app = TestApp::spawn().await;
+    let (_, tokens) = app.sign_up("hog@example.com").await;
+    // 100 health Watch streams hold 100 calls open on one connection.
+    let channel = testkit::channel(app.task_server.addr).await;
+    let mut streams = Vec::new();
+    for _ in 0..100 {
+        let request = HealthCheckRequest { service: String::new() };
+        let mut stream = HealthClient::new(channel.clone()).watch(request).await.unwrap().into_inner();
+        stream.message().await.unwrap().expect("the first status");
+        streams.push(stream);
+    }
+    let stats = |channel: tonic::transport::Channel| {
+        let request = testkit::authed(todo_proto::task::v1::GetTaskStatsRequest {}, &tokens.access_token);
+        async move { TaskServiceClient::new(channel).get_task_stats(request).await }
+    };
+    // The 101st waits for a slot on that connection; another connection is served at once.
+    let mut waiting = tokio::spawn(stats(channel.clone()));
+    let other = testkit::channel(app.task_server.addr).await;
+    tokio::time::timeout(Duration::from_secs(5), stats(other)).await.expect("another connection is served").unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut waiting).await.is_err(),
+        "a 101st call on one connection was served while 100 were open"
+    );
+    // One stream ends: the waiting call gets its slot.
+    drop(streams.pop());
+    let served = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("served once a slot frees");
+    served.unwrap().expect("the waiting call succeeds");
 }
 
 /// Latencies of 20 ListTasks calls on a fresh connection.

@@ -241,3 +241,52 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
 pub fn assert_error(status: &tonic::Status, code: tonic::Code, expected_reason: &str) {
     assert_eq!((status.code(), reason(status).as_str()), (code, expected_reason), "unexpected status: {status:?}");
 }
+
+/// How often `refused_within` repeats its call.
+const REFUSAL_POLL: Duration = Duration::from_millis(20);
+
+/// Repeats `call` every 20 ms until it fails, and asserts that it fails with `code` and the
+/// ErrorInfo `reason`, and within `within` of the moment this was called; returns how long it
+/// took. For the guarantees of the form "refused within 1 s" (a revoked session, a retired key).
+/// Panics naming the status when the failure is another one, and when `within` passes first.
+pub async fn refused_within<T, F, Fut>(within: Duration, code: tonic::Code, reason: &str, mut call: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match call().await {
+            Err(status) => {
+                let took = started.elapsed();
+                assert_error(&status, code, reason);
+                assert!(took <= within, "refused with {reason}, but only after {took:?} (more than {within:?})");
+                return took;
+            }
+            Ok(_) if started.elapsed() > within => panic!("still accepted after {within:?}; expected {reason}"),
+            Ok(_) => tokio::time::sleep(REFUSAL_POLL).await,
+        }
+    }
+}
+
+/// Statements of the services (application_name `todo`) in the pool's database now waiting for
+/// a lock.
+pub async fn statements_waiting_on_locks(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'todo' AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("pg_stat_activity can be read")
+}
+
+/// Waits (up to 10 s, else panics) until at least `n` statements of the services wait for a lock:
+/// a test that needs a call to be blocked waits for the block, never for a sleep.
+pub async fn until_waiting_on_locks(pool: &sqlx::PgPool, n: i64) {
+    let started = std::time::Instant::now();
+    while statements_waiting_on_locks(pool).await < n {
+        assert!(started.elapsed() < Duration::from_secs(10), "{n} statement(s) never waited for a lock within 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
