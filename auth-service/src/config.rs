@@ -86,6 +86,10 @@ mod tests {
         assert_eq!(c.access_token_ttl, Duration::from_secs(900));
         assert_eq!(c.refresh_token_ttl, Duration::from_secs(30 * 86_400));
         assert_eq!(c.bcrypt_cost, 12);
+        assert_eq!(c.refresh_reuse_grace, Duration::from_secs(5));
+        assert_eq!(c.throttle.max_failures_per_account, 5);
+        assert_eq!(c.throttle.max_failures_per_address, 100);
+        assert_eq!(c.throttle.window, Duration::from_secs(900));
         assert!(c.db.run_migrations);
     }
 

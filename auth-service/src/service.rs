@@ -14,11 +14,11 @@ use std::time::Duration;
 use todo_proto::auth::v1::auth_service_server::AuthService;
 use todo_proto::auth::v1::*;
 use todo_shared::Caller;
-use todo_shared::caller::authenticate;
+use todo_shared::caller::bearer_token;
 use todo_shared::db::{Db, Tx};
 use todo_shared::proto_time::{optional_timestamp, timestamp};
 use todo_shared::status::{FieldViolation, all_valid};
-use todo_shared::token::{TokenError, TokenVerifier};
+use todo_shared::token::{AccessClaims, TokenError, TokenVerifier};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -45,15 +45,27 @@ fn user_message(user: &UserRow) -> User {
 }
 
 impl AuthApi {
-    /// Verifies the access token and checks that its session is still live: auth-service has
-    /// the database at hand, so its own calls see revocation at once.
+    /// Verifies the access token and checks that its session and its signing key are still
+    /// live: auth-service has the database at hand, so its own calls see a revocation or a key's
+    /// retirement at once.
     async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, AuthError> {
         let header = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or("invalid"));
-        let caller = authenticate(&self.verifier, header).await?;
-        if !store::session_is_live(&self.pool, &caller).await? {
+        Ok(self.verified_caller(bearer_token(header)?).await?.0)
+    }
+
+    /// The caller of `token` and its claims, if the token verifies and its session and key are
+    /// live (one database round trip).
+    async fn verified_caller(&self, token: &str) -> Result<(Caller, AccessClaims), AuthError> {
+        let (claims, kid) = self.verifier.verify_with_kid(token).await?;
+        let caller = Caller { user_id: claims.sub, session_id: claims.sid };
+        let standing = store::token_standing(&self.pool, &caller, &kid).await?;
+        if !standing.key_live {
+            return Err(TokenError::Invalid.into());
+        }
+        if !standing.session_live {
             return Err(TokenError::Revoked.into());
         }
-        Ok(caller)
+        Ok((caller, claims))
     }
 
     /// A password check under the brute-force throttle. A throttled attempt still pays for a
@@ -254,11 +266,7 @@ impl AuthApi {
         if req.access_token.is_empty() {
             return Err(FieldViolation::new("access_token", "is required").into());
         }
-        let claims = self.verifier.verify(&req.access_token).await?;
-        let caller = Caller { user_id: claims.sub, session_id: claims.sid };
-        if !store::session_is_live(&self.pool, &caller).await? {
-            return Err(TokenError::Revoked.into());
-        }
+        let (_, claims) = self.verified_caller(&req.access_token).await?;
         let expire_time = chrono::DateTime::from_timestamp(claims.exp, 0).map(timestamp);
         Ok(ValidateTokenResponse { user_id: claims.sub.to_string(), session_id: claims.sid.to_string(), expire_time })
     }

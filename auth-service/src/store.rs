@@ -221,13 +221,29 @@ pub async fn revoke_sessions_of(
     Ok(done.rows_affected())
 }
 
-/// True when the caller's session exists and is not revoked.
-pub async fn session_is_live(db: impl PgExecutor<'_>, caller: &Caller) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL)")
-        .bind(caller.session_id)
-        .bind(caller.user_id)
-        .fetch_one(db)
-        .await
+/// Whether a verified access token still counts, asked of the database in one round trip.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct TokenStanding {
+    /// The caller's session exists and is not revoked.
+    pub session_live: bool,
+    /// The key that signed the token is registered and not retired (or retired only later).
+    pub key_live: bool,
+}
+
+/// The standing of `caller`'s session and of the key `kid` that signed its token. auth-service
+/// asks on every authenticated call: its key ring hears of no retirement (it runs no listener),
+/// and this way a session revoked or a key retired anywhere counts at once.
+pub async fn token_standing(db: impl PgExecutor<'_>, caller: &Caller, kid: &str) -> Result<TokenStanding, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL) AS session_live,
+                EXISTS (SELECT 1 FROM signing_keys WHERE kid = $3 AND (retired_at IS NULL OR retired_at > now()))
+                    AS key_live",
+    )
+    .bind(caller.session_id)
+    .bind(caller.user_id)
+    .bind(kid)
+    .fetch_one(db)
+    .await
 }
 
 /// Counts an attempt for each key before the password is checked, so that concurrent guesses

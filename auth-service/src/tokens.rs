@@ -83,3 +83,20 @@ pub fn hash_refresh_token(token: &str) -> [u8; 32] {
 pub fn refresh_expiry(ttl: Duration) -> DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(ttl).expect("refresh lifetimes are bounded by configuration")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_tokens_are_256_random_bits_stored_as_their_sha256() {
+        let tokens: Vec<NewRefreshToken> = (0..100).map(|_| NewRefreshToken::generate()).collect();
+        for t in &tokens {
+            let bytes = URL_SAFE_NO_PAD.decode(&t.token).expect("base64url without padding");
+            assert_eq!(bytes.len(), 32);
+            assert_eq!(t.hash, <[u8; 32]>::from(Sha256::digest(t.token.as_bytes())));
+        }
+        let distinct: std::collections::HashSet<&str> = tokens.iter().map(|t| t.token.as_str()).collect();
+        assert_eq!(distinct.len(), tokens.len());
+    }
+}

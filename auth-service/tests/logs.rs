@@ -96,6 +96,24 @@ async fn no_password_token_or_hash_reaches_the_logs() {
     for secret in &secrets {
         assert!(!text.contains(secret.as_str()), "a secret ({} chars) appears in the logs", secret.len());
     }
+    // The start-up line shows the database settings with the URL's password masked.
+    let db_password = app
+        .db
+        .url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('@').next())
+        .and_then(|user| user.split_once(':').map(|(_, password)| password.to_string()));
+    assert!(text.contains("starting auth-service"), "the start-up line was captured");
+    // The private test server always has one; a DATABASE_URL of your own may not.
+    if let Some(db_password) = db_password {
+        assert!(!text.contains(&db_password), "the DATABASE_URL password appears in the logs");
+    }
+    // Operators read the signing kid from the log (it is what `retire-key` takes), and a start
+    // without SIGNING_KEY_FILE says it made a fresh key.
+    let kid = auth.get_jwks(GetJwksRequest {}).await.unwrap().into_inner().keys[0].kid.clone();
+    assert!(text.lines().any(|l| l.contains("signing access tokens") && l.contains(&kid)), "the kid is logged");
+    assert!(text.contains("SIGNING_KEY_FILE is not set"), "a fresh key is announced");
     // Any JWT-looking or bcrypt-looking string at all.
     assert!(!text.contains("eyJ"), "a JWT appears in the logs");
     assert!(!text.contains("$2b$"), "a bcrypt hash appears in the logs");

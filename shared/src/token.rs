@@ -98,22 +98,30 @@ impl TokenVerifier {
         &self.keys
     }
 
+    /// The claims of `token` if it verifies now; `Expired` past `exp` (5 s leeway), `Invalid` for
+    /// anything else wrong, `Database` when its key could not be looked up.
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        self.verify_with_kid(token).await.map(|(claims, _)| claims)
+    }
+
+    /// `verify`, and the `kid` of the key that signed the token: for a verifier that checks the
+    /// key's state in the database itself (auth-service, whose key ring hears of no retirement).
+    pub async fn verify_with_kid(&self, token: &str) -> Result<(AccessClaims, String), TokenError> {
         let now = chrono::Utc::now().timestamp();
         if let Some(hit) = self.cached(token, now) {
             return Ok(hit);
         }
         let (claims, kid) = self.verify_signature(token).await?;
-        self.remember(token, &claims, kid, now);
-        Ok(claims)
+        self.remember(token, &claims, kid.clone(), now);
+        Ok((claims, kid))
     }
 
     /// A cached verification, if the token has not expired since and its key still verifies.
-    fn cached(&self, token: &str, now: i64) -> Option<AccessClaims> {
+    fn cached(&self, token: &str, now: i64) -> Option<(AccessClaims, String)> {
         let cache = self.verified.read().expect("token cache lock is never poisoned: no panics inside");
         let hit = cache.get(token)?;
         let fresh = hit.claims.exp >= now - self.validation.leeway as i64;
-        (fresh && self.keys.is_usable(&hit.kid)).then(|| hit.claims.clone())
+        (fresh && self.keys.is_usable(&hit.kid)).then(|| (hit.claims.clone(), hit.kid.clone()))
     }
 
     fn remember(&self, token: &str, claims: &AccessClaims, kid: String, now: i64) {
@@ -191,6 +199,34 @@ mod tests {
         Tampered(usize),
         /// Bytes of no key.
         Arbitrary,
+    }
+
+    #[tokio::test]
+    async fn the_cache_holds_at_most_its_capacity_and_drops_expired_tokens_first() {
+        let verifier = verifier();
+        let now = chrono::Utc::now().timestamp();
+        let claims = |exp: i64| AccessClaims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: Uuid::nil(),
+            sid: Uuid::nil(),
+            iat: now,
+            exp,
+            jti: Uuid::nil(),
+        };
+        let size = || verifier.verified.read().expect("not poisoned").len();
+        // Full of expired tokens: the next one makes room by dropping them, not the live ones.
+        for n in 0..CACHE_CAPACITY - 1 {
+            verifier.remember(&format!("expired {n}"), &claims(now - 600), KID.into(), now);
+        }
+        verifier.remember("live", &claims(now + 600), KID.into(), now);
+        verifier.remember("one more", &claims(now + 600), KID.into(), now);
+        assert_eq!(size(), 2, "the expired tokens made room");
+        // Full of live tokens: it never grows past its capacity.
+        for n in 0..CACHE_CAPACITY + 10 {
+            verifier.remember(&format!("live {n}"), &claims(now + 600), KID.into(), now);
+            assert!(size() <= CACHE_CAPACITY);
+        }
     }
 
     proptest! {

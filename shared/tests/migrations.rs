@@ -144,3 +144,18 @@ async fn instances_migrating_at_once_apply_each_migration_once() {
     let ups = MIGRATOR.iter().filter(|m| !m.migration_type.is_down_migration()).count();
     assert_eq!(applied as usize, ups);
 }
+
+#[tokio::test]
+async fn emails_are_unique_whatever_their_case_even_written_by_sql() {
+    let db = TestDatabase::new().await;
+    sqlx::query("INSERT INTO users (email, password_hash) VALUES ('Kate@Example.com', 'x')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let err = sqlx::query("INSERT INTO users (email, password_hash) VALUES ('kate@example.COM', 'x')")
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    let constraint = err.as_database_error().and_then(|e| e.constraint()).map(str::to_owned);
+    assert_eq!(constraint.as_deref(), Some("uq_users_email_lower"), "{err}");
+}

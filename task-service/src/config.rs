@@ -75,7 +75,11 @@ mod tests {
     #[test]
     fn defaults_and_errors() {
         let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db")];
-        assert_eq!(TaskConfig::from_env(&env).unwrap().addr.to_string(), "127.0.0.1:50052");
+        let defaults = TaskConfig::from_env(&env).unwrap();
+        assert_eq!(defaults.addr.to_string(), "127.0.0.1:50052");
+        assert_eq!(defaults.revocation_window, Duration::from_secs(86_400));
+        assert_eq!(defaults.sync_retention, Duration::from_secs(45 * 86_400));
+        assert_eq!((defaults.watch.buffer, defaults.watch.slow_reader), (256, Duration::from_secs(10)));
         let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), ("TASK_ADDR", "nowhere")];
         assert_eq!(TaskConfig::from_env(&env).unwrap_err().var, "TASK_ADDR");
         let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), ("WATCH_BUFFER_EVENTS", "0")];

@@ -182,6 +182,7 @@ mod tests {
         assert_eq!(Description::parse(String::new()).unwrap().as_option(), None);
         assert!(Description::parse("😀".repeat(1000)).is_ok());
         assert!(Description::parse("x".repeat(1001)).is_err());
+        assert!(Description::parse("a\0b".into()).is_err(), "NUL is refused");
     }
 
     #[test]

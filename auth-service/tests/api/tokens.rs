@@ -1,5 +1,6 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use std::time::Duration;
 use testkit::{TestApp, assert_error, authed};
 use todo_proto::auth::v1::*;
 use tonic::Code;
@@ -131,4 +132,70 @@ async fn an_instance_with_a_retired_key_refuses_to_start() {
         .unwrap();
     assert!(retired, "still retired");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn auth_service_itself_refuses_a_retired_keys_tokens_within_a_second() {
+    // "A retired key stops verifying everywhere": auth-service's own authenticated calls too.
+    let app = TestApp::spawn().await;
+    let (_, tokens) = app.sign_up("retired@example.com").await;
+    let me = || {
+        let mut auth = app.auth.clone();
+        let request = authed(GetCurrentUserRequest {}, &tokens.access_token);
+        async move { auth.get_current_user(request).await }
+    };
+    me().await.unwrap();
+    let kid = jsonwebtoken::decode_header(&tokens.access_token).unwrap().kid.unwrap();
+    assert!(auth_service::signing_key::retire(&app.db.pool.clone().into(), &kid, Duration::ZERO).await.unwrap());
+    testkit::refused_within(Duration::from_secs(1), Code::Unauthenticated, "INVALID_TOKEN", me).await;
+    let validate = ValidateTokenRequest { access_token: tokens.access_token.clone() };
+    let err = app.auth.clone().validate_token(validate).await.unwrap_err();
+    assert_error(&err, Code::Unauthenticated, "INVALID_TOKEN");
+}
+
+/// `auth-service retire-key` run as the binary, with `args`, on `db`: (exit code, stdout+stderr).
+async fn retire_key_command(db: &testkit::test_database::TestDatabase, args: &[&str]) -> (i32, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_auth-service"))
+        .arg("retire-key")
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env_remove("DATABASE_DIRECT_URL")
+        .env_remove("DB_POOL_MODE")
+        .output()
+        .await
+        .expect("the auth-service binary runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.code().expect("an exit code"), text)
+}
+
+#[tokio::test]
+async fn the_retire_key_command_schedules_the_retirement_and_refuses_bad_arguments() {
+    let app = TestApp::spawn().await;
+    let (_, tokens) = app.sign_up("rotate@example.com").await;
+    let kid = jsonwebtoken::decode_header(&tokens.access_token).unwrap().kid.unwrap();
+    let retired_in = || async {
+        let seconds: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM retired_at - now())::float8 FROM signing_keys WHERE kid = $1",
+        )
+        .bind(&kid)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        seconds
+    };
+    for bad in [&[][..], &["some-kid", "soon"][..]] {
+        let (code, text) = retire_key_command(&app.db, bad).await;
+        assert_eq!(code, 2, "{bad:?}: {text}");
+        assert!(text.contains("retire-key"), "a usage line: {text}");
+    }
+    let (code, text) = retire_key_command(&app.db, &["no-such-kid"]).await;
+    assert_ne!(code, 0, "an unknown kid is an error: {text}");
+    assert_eq!(retired_in().await, None, "nothing retired yet");
+
+    let (code, text) = retire_key_command(&app.db, &[&kid, "900"]).await;
+    assert_eq!(code, 0, "{text}");
+    let seconds = retired_in().await.expect("retired_at is set");
+    assert!((890.0..=900.0).contains(&seconds), "retires in {seconds} s, not 900");
+    // Until then its tokens still work.
+    app.auth.clone().get_current_user(authed(GetCurrentUserRequest {}, &tokens.access_token)).await.unwrap();
 }

@@ -361,3 +361,30 @@ async fn a_key_retired_for_later_verifies_until_then_and_stops_within_a_second_a
     refused_within(Duration::from_secs(1), Code::Unauthenticated, "INVALID_TOKEN", list).await;
     assert!(!jwks().await.contains(&"leaving-key".to_string()), "GetJwks lists exactly the keys that verify");
 }
+
+#[tokio::test]
+async fn a_revocation_counts_only_once_committed() {
+    // The trigger's NOTIFY is delivered at commit: a revocation still open, or rolled back, does
+    // not end the session; committed, it does within a second.
+    let app = TestApp::spawn().await;
+    wait_until_live(&app).await;
+    let (user, t) = app.sign_up("undecided@example.com").await;
+    let list = || {
+        let mut tasks = app.tasks.clone();
+        let request = authed(ListTasksRequest::default(), &t.access_token);
+        async move { tasks.list_tasks(request).await }
+    };
+    let revoke = "UPDATE sessions SET revoked_at = now(), revoked_reason = 'logout' WHERE user_id = $1::uuid";
+    let mut open = app.db.pool.begin().await.unwrap();
+    sqlx::query(revoke).bind(&user.id).execute(&mut *open).await.unwrap();
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        list().await.expect("a revocation not yet committed does not count");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    open.rollback().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    list().await.expect("a rolled-back revocation never counts");
+    sqlx::query(revoke).bind(&user.id).execute(&app.db.pool).await.unwrap();
+    refused_within(Duration::from_secs(1), Code::Unauthenticated, "SESSION_REVOKED", list).await;
+}
