@@ -39,7 +39,12 @@ async fn no_password_token_or_hash_reaches_the_logs() {
     let mut secrets = vec![PASSWORD.to_string(), "another secret pw".into(), "wrong horse".into()];
     secrets.push(tokens.access_token.clone());
     secrets.push(tokens.refresh_token.clone());
-    auth.login(LoginRequest { email: "secret@example.com".into(), password: "wrong horse".into() }).await.unwrap_err();
+    let mut errors = Vec::new();
+    errors.push(
+        auth.login(LoginRequest { email: "secret@example.com".into(), password: "wrong horse".into() })
+            .await
+            .unwrap_err(),
+    );
     let pair = auth
         .refresh_token(RefreshTokenRequest { refresh_token: tokens.refresh_token.clone() })
         .await
@@ -67,8 +72,15 @@ async fn no_password_token_or_hash_reaches_the_logs() {
         .execute(&app.db.pool)
         .await
         .unwrap();
-    auth.refresh_token(RefreshTokenRequest { refresh_token: tokens.refresh_token.clone() }).await.unwrap_err();
-    auth.get_current_user(authed(GetCurrentUserRequest {}, "not.a.token")).await.unwrap_err();
+    errors.push(
+        auth.refresh_token(RefreshTokenRequest { refresh_token: tokens.refresh_token.clone() }).await.unwrap_err(),
+    );
+    errors.push(auth.get_current_user(authed(GetCurrentUserRequest {}, "not.a.token")).await.unwrap_err());
+    // A spent access token and a password that is too long, each echoed nowhere.
+    errors.push(auth.get_current_user(authed(GetCurrentUserRequest {}, &pair.access_token)).await.unwrap_err());
+    let long = format!("{PASSWORD}{}", "x".repeat(80));
+    secrets.push(long.clone());
+    errors.push(auth.sign_up(SignUpRequest { email: "other@example.com".into(), password: long }).await.unwrap_err());
     app.tasks
         .clone()
         .create_task(authed(
@@ -114,6 +126,14 @@ async fn no_password_token_or_hash_reaches_the_logs() {
     let kid = auth.get_jwks(GetJwksRequest {}).await.unwrap().into_inner().keys[0].kid.clone();
     assert!(text.lines().any(|l| l.contains("signing access tokens") && l.contains(&kid)), "the kid is logged");
     assert!(text.contains("SIGNING_KEY_FILE is not set"), "a fresh key is announced");
+    // Nor in any error a client got: message, details or metadata.
+    assert_eq!(errors.len(), 5);
+    for error in &errors {
+        let all = format!("{error:?}");
+        for secret in &secrets {
+            assert!(!all.contains(secret.as_str()), "a secret ({} chars) appears in an error: {all}", secret.len());
+        }
+    }
     // Any JWT-looking or bcrypt-looking string at all.
     assert!(!text.contains("eyJ"), "a JWT appears in the logs");
     assert!(!text.contains("$2b$"), "a bcrypt hash appears in the logs");

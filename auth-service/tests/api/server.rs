@@ -138,3 +138,40 @@ async fn a_request_id_comes_back_in_the_response_metadata() {
     let made = err.metadata().get("x-request-id").expect("a request id on an error").to_str().unwrap().to_string();
     assert!(uuid::Uuid::parse_str(&made).is_ok(), "{made}");
 }
+
+#[tokio::test]
+async fn the_drain_time_bounds_a_stop_that_a_client_holds_open() {
+    // A health Watch never ends by itself: the stop waits for it only SHUTDOWN_DRAIN_SECONDS.
+    let db = testkit::test_database::TestDatabase::new().await;
+    let mut config = testkit::auth_config(&db);
+    config.drain_timeout = std::time::Duration::from_secs(1);
+    let server = testkit::spawn_auth(config).await;
+    let channel = testkit::channel(server.addr).await;
+    wait_for_status(channel.clone(), "", ServingStatus::Serving).await;
+    let mut watch =
+        HealthClient::new(channel).watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    watch.message().await.unwrap().expect("the first status");
+    let started = std::time::Instant::now();
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(5), server.stop()).await;
+    let took = started.elapsed();
+    stopped.expect("the stop ends within the drain time, however long the client holds on").unwrap();
+    assert!(took >= std::time::Duration::from_millis(900), "it did wait for the open call: {took:?}");
+    assert!(took < std::time::Duration::from_millis(2500), "a 1 s drain took {took:?}");
+    drop(watch);
+}
+
+#[tokio::test]
+async fn a_migration_that_fails_stops_the_service_with_the_cause() {
+    // Unlike a late database, which it waits for, a migration that fails is not retried.
+    let db = testkit::test_database::TestDatabase::empty().await;
+    // A table in the way, of another shape, so the first migration cannot create its own.
+    sqlx::raw_sql("CREATE TABLE users (id int)").execute(&db.pool).await.unwrap();
+    let config =
+        testkit::auth_config_with(todo_shared::config::DbConfig { run_migrations: true, ..testkit::db_config(&db) });
+    let server = testkit::spawn_auth(config).await;
+    let err = tokio::time::timeout(std::time::Duration::from_secs(20), server.wait())
+        .await
+        .expect("serve() returns by itself")
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("already exists"), "the cause is given: {err:#}");
+}

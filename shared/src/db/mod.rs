@@ -124,3 +124,12 @@ pub fn violated_constraint(error: &sqlx::Error) -> Option<&str> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn without_a_deadline_statements_get_30_seconds() {
+        // Outside any call (no grpc-timeout in scope): background work, and calls with no deadline.
+        assert_eq!(super::statement_timeout_millis(), 30_000);
+    }
+}

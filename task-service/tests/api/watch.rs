@@ -114,6 +114,32 @@ async fn a_committed_change_reaches_a_stream_within_a_poll_or_two() {
 }
 
 #[tokio::test]
+async fn idle_streams_query_nothing_while_nothing_changes() {
+    // Streams wait for the hub's poll, which reads only task_feeds; an idle stream reads its feed
+    // (task_versions) only when woken. With task_versions locked, any such read would wait.
+    let app = TestApp::spawn().await;
+    let alice = user(&app, "alice@example.com").await;
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        streams.push(watch(&app.tasks, &alice, "").await);
+    }
+    // One change that every stream receives: each has done its first read and is idle now.
+    let task = create(&app, &alice, "seen by all").await;
+    for stream in &mut streams {
+        assert_eq!(seen(&next(stream).await).1, task.id);
+    }
+    let mut lock = app.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE task_versions IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    // Over 2.5 s: the hub polls 50 times and each stream ticks twice (its token re-check).
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        assert_eq!(testkit::statements_waiting_on_locks(&app.db.pool).await, 0, "an idle stream read its feed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lock.rollback().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_stream_resumed_from_its_token_replays_exactly_what_was_missed_then_goes_live() {
     let app = TestApp::spawn().await;
     let alice = user(&app, "alice@example.com").await;
