@@ -4,10 +4,11 @@ use crate::throttle::ThrottleConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use todo_shared::config::{
-    ConfigError, DbConfig, EndpointConfig, Env, TokenConfig, drain_timeout, optional, parse_or, seconds, socket_addr,
-};
-use todo_shared::grpc_web::CorsOrigins;
+use todo_shared::access::TokenConfig;
+use todo_shared::config::{ConfigError, Env, optional, parse_or, seconds, socket_addr};
+use todo_shared::database::DbConfig;
+use todo_shared::server::endpoint::{EndpointConfig, drain_timeout};
+use todo_shared::server::grpc_web::CorsOrigins;
 
 /// Where the service listens unless AUTH_ADDR says otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";

@@ -2,7 +2,7 @@
 //! `Email` that passed the syntax check and a `Password` within bcrypt's limits.
 
 use secrecy::{ExposeSecret, SecretString};
-use todo_shared::status::FieldViolation;
+use todo_shared::server::status::FieldViolation;
 
 /// Trimmed, lower-cased, syntactically plausible, at most 255 characters.
 #[derive(Debug, Clone, PartialEq, Eq)]

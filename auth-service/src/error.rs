@@ -1,10 +1,10 @@
 //! The errors of auth-service and the one place that turns them into gRPC statuses.
 
 use crate::passwords::PasswordError;
-use todo_shared::status::{
+use todo_shared::access::token::TokenError;
+use todo_shared::server::status::{
     AUTH_DOMAIN, FieldViolation, database_error, internal, invalid_argument, with_reason, with_retry,
 };
-use todo_shared::token::TokenError;
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ impl From<AuthError> for Status {
             AuthError::InvalidCredentials => {
                 with_reason(Code::Unauthenticated, AUTH_DOMAIN, "INVALID_CREDENTIALS", "invalid email or password")
             }
-            AuthError::Token(e) => e.into_status(AUTH_DOMAIN),
+            AuthError::Token(e) => todo_shared::server::status::token_error(AUTH_DOMAIN, e),
             AuthError::RefreshTokenReused => with_reason(
                 Code::Unauthenticated,
                 AUTH_DOMAIN,
@@ -95,7 +95,7 @@ impl From<AuthError> for Status {
 
 /// A unique violation on either email constraint means the address is taken.
 pub fn email_taken_or(error: sqlx::Error) -> AuthError {
-    match todo_shared::db::violated_constraint(&error) {
+    match todo_shared::database::violated_constraint(&error) {
         Some("users_email_key" | "uq_users_email_lower") => AuthError::EmailTaken,
         _ => AuthError::Db(error),
     }

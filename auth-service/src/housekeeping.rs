@@ -4,7 +4,7 @@
 
 use crate::store;
 use std::time::Duration;
-use todo_shared::db::Db;
+use todo_shared::database::Db;
 
 /// How long revoked sessions are kept: past any verifier's revocation window (at most 30 days).
 pub const KEEP_REVOKED_SESSIONS: Duration = Duration::from_secs(31 * 86_400);

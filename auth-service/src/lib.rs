@@ -17,8 +17,8 @@ pub mod tokens;
 use std::future::Future;
 use std::sync::Arc;
 use todo_proto::auth::v1::auth_service_server::AuthServiceServer;
-use todo_shared::keyring::KeyRing;
-use todo_shared::token::TokenVerifier;
+use todo_shared::access::keyring::KeyRing;
+use todo_shared::access::token::TokenVerifier;
 use tokio::net::TcpListener;
 
 pub use config::AuthConfig;
@@ -33,7 +33,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(db = ?config.db, "starting auth-service");
-    let pool = todo_shared::db::pool(&config.db)?;
+    let pool = todo_shared::database::pool(&config.db)?;
     let key = match &config.signing_key_file {
         Some(path) => signing_key::TokenSigningKey::from_file(path)?,
         None => {
@@ -49,7 +49,7 @@ pub async fn serve(
     let issuer = Arc::new(tokens::TokenIssuer::new(key, config.token.clone(), config.access_token_ttl));
     let keyring = Arc::new(KeyRing::new(pool.clone()));
     let hasher = passwords::PasswordHasher::new(config.bcrypt_cost).await?;
-    let extras = todo_shared::grpc_server::ServeExtras {
+    let extras = todo_shared::server::serve::ServeExtras {
         drain: config.drain_timeout,
         endpoint: config.endpoint.clone(),
         gauges: password_gauges(&hasher),
@@ -66,16 +66,18 @@ pub async fn serve(
     };
     let pruner = housekeeping::spawn(pool.clone(), config.throttle.window);
     let routes = tonic::service::Routes::new(
-        AuthServiceServer::new(api).max_decoding_message_size(todo_shared::grpc_server::MAX_REQUEST_BYTES),
+        AuthServiceServer::new(api).max_decoding_message_size(todo_shared::server::call_limits::MAX_REQUEST_BYTES),
     );
     // Waits for the database as long as it takes; only a retired key ends the wait.
     let startup = {
         let (pool, db, keyring, issuer) = (pool.clone(), config.db.clone(), keyring.clone(), issuer.clone());
         Box::pin(async move {
-            todo_shared::db::migrate_when_ready(&pool, &db).await?;
+            todo_shared::database::migrate_when_ready(&pool, &db).await?;
             let key = issuer.key();
-            todo_shared::startup::until_database_ready(&pool, "registering the signing key", || key.register(&pool))
-                .await?;
+            todo_shared::database::waiting::until_database_ready(&pool, "registering the signing key", || {
+                key.register(&pool)
+            })
+            .await?;
             tracing::info!(kid = %key.kid, "signing access tokens");
             // Keys also load on first use: a database that vanished just now is no reason to stop.
             if let Err(e) = keyring.reload().await {
@@ -85,7 +87,7 @@ pub async fn serve(
         })
     };
     let served =
-        todo_shared::grpc_server::serve(listener, routes, pool.clone(), &[SERVICE_NAME], extras, startup, shutdown)
+        todo_shared::server::serve::serve(listener, routes, pool.clone(), &[SERVICE_NAME], extras, startup, shutdown)
             .await;
     pruner.abort();
     served?;
@@ -101,8 +103,8 @@ pub async fn serve(
 }
 
 /// The bcrypt queue, read at each scrape of `/metrics`.
-fn password_gauges(hasher: &passwords::PasswordHasher) -> Vec<todo_shared::metrics::SampledGauge> {
-    use todo_shared::metrics::SampledGauge;
+fn password_gauges(hasher: &passwords::PasswordHasher) -> Vec<todo_shared::server::metrics::SampledGauge> {
+    use todo_shared::server::metrics::SampledGauge;
     let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     let (queued, running, max) = (hasher.clone(), hasher.clone(), as_i64(hasher.max_queue_depth()));
     vec![

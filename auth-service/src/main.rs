@@ -1,7 +1,7 @@
 //! The auth-service binary: `auth_service::serve` with configuration from the environment, plus
 //! `healthcheck` and `retire-key <kid> [seconds]`.
 
-use todo_shared::service_main::Binary;
+use todo_shared::server::service_main::Binary;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

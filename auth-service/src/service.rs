@@ -14,11 +14,11 @@ use std::time::Duration;
 use todo_proto::auth::v1::auth_service_server::AuthService;
 use todo_proto::auth::v1::*;
 use todo_shared::Caller;
-use todo_shared::caller::bearer_token;
-use todo_shared::db::{Db, Tx};
-use todo_shared::proto_time::{optional_timestamp, timestamp};
-use todo_shared::status::{FieldViolation, all_valid};
-use todo_shared::token::{AccessClaims, TokenError, TokenVerifier};
+use todo_shared::access::caller::bearer_token;
+use todo_shared::access::token::{AccessClaims, TokenError, TokenVerifier};
+use todo_shared::database::{Db, Tx};
+use todo_shared::server::proto_time::{optional_timestamp, timestamp};
+use todo_shared::server::status::{FieldViolation, all_valid};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -58,6 +58,7 @@ impl AuthApi {
     async fn verified_caller(&self, token: &str) -> Result<(Caller, AccessClaims), AuthError> {
         let (claims, kid) = self.verifier.verify_with_kid(token).await?;
         let caller = Caller { user_id: claims.sub, session_id: claims.sid };
+        tracing::Span::current().record("user_id", tracing::field::display(caller.user_id));
         let standing = store::token_standing(&self.pool, &caller, &kid).await?;
         if !standing.key_live {
             return Err(TokenError::Invalid.into());
@@ -247,7 +248,7 @@ impl AuthApi {
     }
 
     async fn get_jwks(&self) -> Result<GetJwksResponse, AuthError> {
-        let keys = todo_shared::keyring::active_keys(&self.pool)
+        let keys = todo_shared::access::keyring::active_keys(&self.pool)
             .await?
             .into_iter()
             .map(|row| Jwk {

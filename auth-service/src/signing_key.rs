@@ -14,7 +14,7 @@ use jsonwebtoken::EncodingKey;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Duration;
-use todo_shared::db::Db;
+use todo_shared::database::Db;
 
 pub struct TokenSigningKey {
     pub kid: String,
@@ -114,7 +114,7 @@ pub async fn retire_key_command(args: &[String]) -> std::process::ExitCode {
         eprintln!("auth-service retire-key: seconds must be a whole number");
         return ExitCode::from(2);
     };
-    let config = match todo_shared::config::DbConfig::from_env(&todo_shared::config::ProcessEnv) {
+    let config = match todo_shared::database::DbConfig::from_env(&todo_shared::config::ProcessEnv) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("auth-service: configuration error: {e}");
@@ -122,7 +122,7 @@ pub async fn retire_key_command(args: &[String]) -> std::process::ExitCode {
         }
     };
     let outcome = async {
-        let pool = todo_shared::db::pool(&config)?;
+        let pool = todo_shared::database::pool(&config)?;
         retire(&pool, kid, Duration::from_secs(after)).await
     };
     match outcome.await {

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use todo_shared::Caller;
-use todo_shared::db::Tx;
+use todo_shared::database::Tx;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -51,6 +51,7 @@ impl RevokeReason {
     }
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_user(db: impl PgExecutor<'_>, email: &str, password_hash: &str) -> Result<UserRow, sqlx::Error> {
     sqlx::query_as(
         "INSERT INTO users (email, password_hash) VALUES ($1, $2) RETURNING id, email, created_at, updated_at",
@@ -61,6 +62,7 @@ pub async fn insert_user(db: impl PgExecutor<'_>, email: &str, password_hash: &s
     .await
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn credentials_by_email(db: impl PgExecutor<'_>, email: &str) -> Result<Option<Credentials>, sqlx::Error> {
     sqlx::query_as("SELECT id, email, password_hash, created_at, updated_at FROM users WHERE email = $1")
         .bind(email)
@@ -68,6 +70,7 @@ pub async fn credentials_by_email(db: impl PgExecutor<'_>, email: &str) -> Resul
         .await
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn credentials_of(db: impl PgExecutor<'_>, caller: &Caller) -> Result<Option<Credentials>, sqlx::Error> {
     sqlx::query_as("SELECT id, email, password_hash, created_at, updated_at FROM users WHERE id = $1")
         .bind(caller.user_id)
@@ -75,6 +78,7 @@ pub async fn credentials_of(db: impl PgExecutor<'_>, caller: &Caller) -> Result<
         .await
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn user_of(db: impl PgExecutor<'_>, caller: &Caller) -> Result<Option<UserRow>, sqlx::Error> {
     sqlx::query_as("SELECT id, email, created_at, updated_at FROM users WHERE id = $1")
         .bind(caller.user_id)
@@ -82,6 +86,7 @@ pub async fn user_of(db: impl PgExecutor<'_>, caller: &Caller) -> Result<Option<
         .await
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn set_password_hash(
     db: impl PgExecutor<'_>,
     caller: &Caller,
@@ -96,6 +101,7 @@ pub async fn set_password_hash(
 }
 
 /// Swaps `old_hash` for `new_hash` if it is still the stored one (a rehash at another cost).
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn replace_password_hash(
     db: impl PgExecutor<'_>,
     user_id: Uuid,
@@ -112,15 +118,18 @@ pub async fn replace_password_hash(
 }
 
 /// Deletes the caller's account; sessions and tasks go by ON DELETE CASCADE.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete_user(db: impl PgExecutor<'_>, caller: &Caller) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("DELETE FROM users WHERE id = $1").bind(caller.user_id).execute(db).await?;
     Ok(done.rows_affected() == 1)
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn create_session(db: impl PgExecutor<'_>, user_id: Uuid) -> Result<Uuid, sqlx::Error> {
     sqlx::query_scalar("INSERT INTO sessions (user_id) VALUES ($1) RETURNING id").bind(user_id).fetch_one(db).await
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_refresh_token(
     db: impl PgExecutor<'_>,
     session_id: Uuid,
@@ -149,6 +158,7 @@ pub struct RefreshTokenState {
     pub now: DateTime<Utc>,
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn lock_refresh_token(tx: &mut Tx, hash: &[u8; 32]) -> Result<Option<RefreshTokenState>, sqlx::Error> {
     sqlx::query_as(
         "SELECT r.session_id, s.user_id, r.expires_at, r.spent_at, r.grace_exchanges,
@@ -163,6 +173,7 @@ pub async fn lock_refresh_token(tx: &mut Tx, hash: &[u8; 32]) -> Result<Option<R
     .await
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn spend_refresh_token(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE refresh_tokens SET spent_at = now() WHERE token_hash = $1 AND spent_at IS NULL")
         .bind(&hash[..])
@@ -171,6 +182,7 @@ pub async fn spend_refresh_token(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Re
     Ok(())
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn count_grace_exchange(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE refresh_tokens SET grace_exchanges = grace_exchanges + 1 WHERE token_hash = $1")
         .bind(&hash[..])
@@ -179,6 +191,7 @@ pub async fn count_grace_exchange(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> R
     Ok(())
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn revoke_session(
     db: impl PgExecutor<'_>,
     session_id: Uuid,
@@ -194,6 +207,7 @@ pub async fn revoke_session(
 }
 
 /// Revokes the session a refresh token belongs to, spent or not. Unknown tokens do nothing.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn revoke_session_of_refresh_token(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE sessions SET revoked_at = now(), revoked_reason = 'logout'
@@ -206,6 +220,7 @@ pub async fn revoke_session_of_refresh_token(db: impl PgExecutor<'_>, hash: &[u8
 }
 
 /// Revokes every live session of the caller; returns how many.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn revoke_sessions_of(
     db: impl PgExecutor<'_>,
     caller: &Caller,
@@ -233,6 +248,7 @@ pub struct TokenStanding {
 /// The standing of `caller`'s session and of the key `kid` that signed its token. auth-service
 /// asks on every authenticated call: its key ring hears of no retirement (it runs no listener),
 /// and this way a session revoked or a key retired anywhere counts at once.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn token_standing(db: impl PgExecutor<'_>, caller: &Caller, kid: &str) -> Result<TokenStanding, sqlx::Error> {
     sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL) AS session_live,
@@ -249,6 +265,7 @@ pub async fn token_standing(db: impl PgExecutor<'_>, caller: &Caller, kid: &str)
 /// Counts an attempt for each key before the password is checked, so that concurrent guesses
 /// cannot all pass a check made before any of them failed. Returns the seconds until the
 /// longest-blocked key's window ends if any key is now over its limit.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn throttle_attempt(
     db: impl PgExecutor<'_>,
     keys: &[String],
@@ -278,6 +295,7 @@ pub async fn throttle_attempt(
 
 /// After a correct password: the account starts afresh, and the attempt no longer counts
 /// against the address.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn throttle_forgive(
     db: impl PgExecutor<'_>,
     account: &str,
@@ -294,6 +312,7 @@ pub async fn throttle_forgive(
     Ok(())
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn throttle_prune(db: impl PgExecutor<'_>, window: std::time::Duration) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM login_throttle WHERE window_start < now() - make_interval(secs => $1)")
         .bind(window.as_secs_f64())
@@ -305,6 +324,7 @@ pub async fn throttle_prune(db: impl PgExecutor<'_>, window: std::time::Duration
 /// Deletes refresh tokens expired for a day, sessions revoked longer ago than `keep_revoked`, and
 /// sessions none of whose refresh tokens is still valid (they can never be refreshed again, and
 /// their last access token expired long before their last refresh token did).
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn prune_sessions(db: impl PgExecutor<'_>, keep_revoked: std::time::Duration) -> Result<(), sqlx::Error> {
     sqlx::query(
         "WITH expired AS (

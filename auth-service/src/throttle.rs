@@ -11,7 +11,7 @@
 use crate::store;
 use std::net::IpAddr;
 use std::time::Duration;
-use todo_shared::db::Db;
+use todo_shared::database::Db;
 
 #[derive(Debug, Clone)]
 pub struct ThrottleConfig {

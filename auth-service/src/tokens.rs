@@ -9,8 +9,8 @@ use jsonwebtoken::{Algorithm, Header};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use todo_proto::auth::v1::TokenPair;
-use todo_shared::config::TokenConfig;
-use todo_shared::token::{ACCESS_TOKEN_TYP, AccessClaims};
+use todo_shared::access::TokenConfig;
+use todo_shared::access::token::{ACCESS_TOKEN_TYP, AccessClaims};
 use uuid::Uuid;
 
 pub struct TokenIssuer {

@@ -6,9 +6,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::future::Future;
 use std::hint::black_box;
 use std::task::{Context, Poll, Waker};
-use todo_shared::access_log::AccessLogLayer;
-use todo_shared::in_flight::InFlight;
-use todo_shared::metrics::Metrics;
+use todo_shared::server::access_log::AccessLogLayer;
+use todo_shared::server::in_flight::InFlight;
+use todo_shared::server::metrics::Metrics;
 use tower::{Layer, Service};
 
 /// Answers every call at once with an empty OK response.

@@ -9,9 +9,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use task_service::domain::OrderBy;
 use task_service::page_token::{Cursor, QueryKey, decode, encode};
-use todo_shared::config::TokenConfig;
-use todo_shared::keyring::KeyRing;
-use todo_shared::token::{AccessClaims, TokenVerifier};
+use todo_shared::access::TokenConfig;
+use todo_shared::access::keyring::KeyRing;
+use todo_shared::access::token::{AccessClaims, TokenVerifier};
 
 fn token_verification(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");

@@ -126,7 +126,7 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
     let pg = tokio::task::spawn_blocking(stack::start_postgres).await??;
     let url = pg.url("postgres");
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await?;
-    todo_shared::db::migrate(&pool).await?;
+    todo_shared::database::migrate(&pool).await?;
     let bouncer = match options.pgbouncer {
         true => {
             let dir = std::env::temp_dir().join(format!("todo-bench-pgb-{}", uuid::Uuid::new_v4().simple()));

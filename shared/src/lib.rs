@@ -1,25 +1,18 @@
-//! The parts both services share: configuration from the environment, the database pool and
-//! migrations, access-token verification, the mapping of errors to gRPC statuses, health and
-//! reflection wiring, and telemetry.
+//! What both services share, in three parts whose dependencies point one way only:
+//!
+//! - [`server`]: the gRPC server runtime (serve, layers, health, TLS, gRPC-Web, metrics,
+//!   telemetry, the start-up gate, error statuses), built on
+//! - [`access`]: who is calling (token verification, keyring, revocation list, `Caller`), built on
+//! - [`database`]: the pool and its executors, the per-call deadline, migrations, waiting for the
+//!   database; no gRPC.
+//!
+//! [`config`] is the environment parsing all three use.
 
-pub mod access_log;
-pub mod call_limits;
-pub mod caller;
+#![warn(missing_docs)]
+
+pub mod access;
 pub mod config;
-pub mod db;
-pub mod grpc_server;
-pub mod grpc_web;
-pub mod health;
-pub mod in_flight;
-pub mod keyring;
-pub mod metrics;
-pub mod proto_time;
-pub mod revocation;
-pub mod service_main;
-pub mod startup;
-pub mod status;
-pub mod telemetry;
-pub mod tls;
-pub mod token;
+pub mod database;
+pub mod server;
 
-pub use caller::Caller;
+pub use access::Caller;

@@ -4,7 +4,7 @@
 
 use localpg::test_database::TestDatabase;
 use std::time::{Duration, Instant};
-use todo_shared::keyring::{KeyLookupError, KeyRing};
+use todo_shared::access::keyring::{KeyLookupError, KeyRing};
 
 #[tokio::test]
 async fn made_up_kids_reload_at_most_every_250_ms_and_concurrent_misses_share_a_reload() {

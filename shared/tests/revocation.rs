@@ -3,8 +3,8 @@
 
 use localpg::test_database::TestDatabase;
 use std::time::Duration;
-use todo_shared::revocation::Revocations;
-use todo_shared::token::TokenError;
+use todo_shared::access::revocation::Revocations;
+use todo_shared::access::token::TokenError;
 use uuid::Uuid;
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Request values parsed into valid domain types at the edge. Lengths are counted in
 //! characters, as PostgreSQL's char_length counts them in the schema's CHECKs.
 
-use todo_shared::status::FieldViolation;
+use todo_shared::server::status::FieldViolation;
 
 /// A task id that can exist: positive and within the SERIAL column's range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

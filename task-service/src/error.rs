@@ -1,17 +1,47 @@
-//! The errors of task-service and the one place that turns them into gRPC statuses.
+//! The errors of task-service, its RPCs and its streams alike, and the one place that turns
+//! them into gRPC statuses (code, ErrorInfo reason in `todo.task`, BadRequest for fields).
 
-use todo_shared::status::{FieldViolation, TASK_DOMAIN, database_error, invalid_argument, with_reason};
-use todo_shared::token::TokenError;
+use crate::sync::watch::WatchSettings;
+use todo_shared::access::token::TokenError;
+use todo_shared::server::status::{
+    FieldViolation, TASK_DOMAIN, database_error, invalid_argument, token_error, with_reason,
+};
 use tonic::{Code, Status};
 
+/// Everything a call or a stream of task-service can end with, short of success.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
+    /// Fields of the request are wrong: INVALID_ARGUMENT with a BadRequest naming each.
     #[error("invalid request")]
     InvalidArgument(Vec<FieldViolation>),
+    /// A missing task, or another user's: NOT_FOUND `TASK_NOT_FOUND` (never a hint which).
     #[error("task not found")]
     NotFound,
+    /// The etag sent is no longer the task's: ABORTED `ETAG_MISMATCH`.
     #[error("etag mismatch")]
     EtagMismatch,
+    /// A sync token older than the tombstones still kept (or the feed started over):
+    /// FAILED_PRECONDITION `SYNC_TOKEN_EXPIRED`.
+    #[error("sync token expired")]
+    SyncTokenExpired,
+    /// A sync token ahead of the feed (another database, or one restored from a backup):
+    /// FAILED_PRECONDITION `SYNC_TOKEN_UNKNOWN`.
+    #[error("sync token unknown")]
+    SyncTokenUnknown,
+    /// A stream's token no longer verifies, or its session ended: UNAUTHENTICATED with the
+    /// token's reason (UNAVAILABLE if its key could not be looked up).
+    #[error("access token refused")]
+    Token(#[from] TokenError),
+    /// The server is stopping: a stream ends with UNAVAILABLE `SHUTTING_DOWN`.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// A stream's reader fell `buffer` events behind for `slow_reader`: RESOURCE_EXHAUSTED
+    /// `SLOW_READER`.
+    #[error("slow reader")]
+    SlowReader(WatchSettings),
+    /// The database failed: UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED past the
+    /// call's deadline, else INTERNAL (constraint violations of a deleted account or a CHECK
+    /// are mapped to what they mean).
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -40,10 +70,38 @@ impl From<TaskError> for Status {
                 "ETAG_MISMATCH",
                 "the task changed since this etag was read; get it again and retry",
             ),
-            TaskError::Db(e) => match todo_shared::db::violated_constraint(&e) {
+            TaskError::SyncTokenExpired => with_reason(
+                Code::FailedPrecondition,
+                TASK_DOMAIN,
+                "SYNC_TOKEN_EXPIRED",
+                "changes since this sync_token are no longer kept; sync again from an empty sync_token",
+            ),
+            TaskError::SyncTokenUnknown => with_reason(
+                Code::FailedPrecondition,
+                TASK_DOMAIN,
+                "SYNC_TOKEN_UNKNOWN",
+                "this sync_token is ahead of the server's history; sync again from an empty sync_token",
+            ),
+            TaskError::Token(e) => token_error(TASK_DOMAIN, e),
+            TaskError::ShuttingDown => with_reason(
+                Code::Unavailable,
+                TASK_DOMAIN,
+                "SHUTTING_DOWN",
+                "the server is stopping; watch again with the last sync_token",
+            ),
+            TaskError::SlowReader(settings) => with_reason(
+                Code::ResourceExhausted,
+                TASK_DOMAIN,
+                "SLOW_READER",
+                format!(
+                    "the stream was {} events ahead of the reader for {:?}; watch again with the last sync_token",
+                    settings.buffer, settings.slow_reader
+                ),
+            ),
+            TaskError::Db(e) => match todo_shared::database::violated_constraint(&e) {
                 // The verified token belongs to an account deleted since it was issued.
                 Some("fk_tasks_user_id" | "fk_task_create_requests_user_id") => {
-                    TokenError::Revoked.into_status(TASK_DOMAIN)
+                    token_error(TASK_DOMAIN, TokenError::Revoked)
                 }
                 // Validation at the edge mirrors these CHECKs; this is the backstop.
                 Some("chk_tasks_title_length") => {

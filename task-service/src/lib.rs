@@ -18,12 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use sync::hub::Hub;
 use todo_proto::task::v1::task_service_server::TaskServiceServer;
-use todo_shared::caller::{Authenticator, RequireCaller};
-use todo_shared::db::Db;
-use todo_shared::keyring::KeyRing;
-use todo_shared::revocation::Revocations;
-use todo_shared::status::TASK_DOMAIN;
-use todo_shared::token::TokenVerifier;
+use todo_shared::access::caller::Authenticator;
+use todo_shared::access::keyring::KeyRing;
+use todo_shared::access::revocation::Revocations;
+use todo_shared::access::token::TokenVerifier;
+use todo_shared::database::Db;
+use todo_shared::server::require_caller::RequireCaller;
+use todo_shared::server::status::TASK_DOMAIN;
 use tokio::net::TcpListener;
 
 pub use config::TaskConfig;
@@ -38,12 +39,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(db = ?config.db, "starting task-service");
-    let pool = todo_shared::db::pool(&config.db)?;
+    let pool = todo_shared::database::pool(&config.db)?;
     let keyring = Arc::new(KeyRing::new(pool.clone()));
     // Until the listener is live, sessions are checked in the database per call.
     let revocations = Revocations::new(pool.clone(), config.revocation_window);
     let listener_task =
-        revocations.spawn_listener_on(keyring.clone(), todo_shared::db::direct_options(&pool, &config.db)?);
+        revocations.spawn_listener_on(keyring.clone(), todo_shared::database::direct_options(&pool, &config.db)?);
     let authenticator =
         Arc::new(Authenticator { verifier: TokenVerifier::new(keyring.clone(), &config.token), revocations });
     let hub = Hub::new();
@@ -55,13 +56,13 @@ pub async fn serve(
         hub: hub.clone(),
         watch: config.watch,
     })
-    .max_decoding_message_size(todo_shared::grpc_server::MAX_REQUEST_BYTES);
+    .max_decoding_message_size(todo_shared::server::call_limits::MAX_REQUEST_BYTES);
     let routes = tonic::service::Routes::new(RequireCaller::new(api, authenticator, TASK_DOMAIN));
     // Waits for the database as long as it takes; keys load on first use if this load fails.
     let startup = {
         let (pool, db) = (pool.clone(), config.db.clone());
         Box::pin(async move {
-            todo_shared::db::migrate_when_ready(&pool, &db).await?;
+            todo_shared::database::migrate_when_ready(&pool, &db).await?;
             if let Err(e) = keyring.reload().await {
                 tracing::warn!(error = %e, "could not load verification keys yet; will retry on first use");
             }
@@ -74,12 +75,12 @@ pub async fn serve(
         shutdown.await;
         hub.close(Duration::from_secs(1)).await;
     };
-    let served = todo_shared::grpc_server::serve(
+    let served = todo_shared::server::serve::serve(
         listener,
         routes,
         pool.clone(),
         &[SERVICE_NAME],
-        todo_shared::grpc_server::ServeExtras {
+        todo_shared::server::serve::ServeExtras {
             drain: config.drain_timeout,
             endpoint: config.endpoint.clone(),
             gauges: Vec::new(),

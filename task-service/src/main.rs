@@ -1,6 +1,6 @@
 //! The task-service binary: `task_service::serve` with configuration from the environment.
 
-use todo_shared::service_main::Binary;
+use todo_shared::server::service_main::Binary;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

@@ -8,15 +8,16 @@ use crate::store::{self, Patch, TaskRow, Written};
 use crate::sync::hub::Hub;
 use crate::sync::token::SyncPosition;
 use crate::sync::watch::{Events, WatchSettings, Watcher};
-use crate::sync::{SyncError, change_of, check_position, feed};
+use crate::sync::{change_of, check_position, feed};
 use std::sync::Arc;
 use todo_proto::task::v1::task_service_server::TaskService;
 use todo_proto::task::v1::*;
 use todo_shared::Caller;
-use todo_shared::caller::Authenticator;
-use todo_shared::db::Db;
-use todo_shared::proto_time::optional_timestamp;
-use todo_shared::status::{FieldViolation, TASK_DOMAIN, all_valid};
+use todo_shared::access::caller::Authenticator;
+use todo_shared::database::Db;
+use todo_shared::server::proto_time::optional_timestamp;
+use todo_shared::server::require_caller::caller_of;
+use todo_shared::server::status::{FieldViolation, TASK_DOMAIN, all_valid};
 use tonic::{Request, Response, Status};
 
 pub struct TaskApi {
@@ -141,16 +142,15 @@ impl TaskApi {
         Ok(DeleteTaskResponse {})
     }
 
-    async fn sync_tasks(&self, caller: Caller, req: SyncTasksRequest) -> Result<SyncTasksResponse, Status> {
+    async fn sync_tasks(&self, caller: Caller, req: SyncTasksRequest) -> Result<SyncTasksResponse, TaskError> {
         let size = page_size(req.page_size);
         let start = crate::sync::token::decode(caller.user_id, &req.sync_token)
             .map_err(|e| FieldViolation::new("sync_token", e.to_string()));
-        all_valid([size.as_ref().err(), start.as_ref().err()]).map_err(TaskError::from)?;
-        let (size, start) = (size.map_err(TaskError::from)?, start.map_err(TaskError::from)?);
+        all_valid([size.as_ref().err(), start.as_ref().err()])?;
+        let (size, start) = (size?, start?);
         // One row more than asked tells whether more follow.
         let after = start.map_or(0, |p| p.seq);
-        let (feed, mut changes) =
-            feed::changes_after(&self.pool, &caller, after, size + 1).await.map_err(SyncError::Db)?;
+        let (feed, mut changes) = feed::changes_after(&self.pool, &caller, after, size + 1).await?;
         // "" is the start, which is always there; tombstones pruned before it do not concern
         // this client (its floor).
         let start = match start {
@@ -185,13 +185,13 @@ impl TaskApi {
         caller: Caller,
         authorization: String,
         req: WatchTasksRequest,
-    ) -> Result<Events, Status> {
+    ) -> Result<Events, TaskError> {
         let start = crate::sync::token::decode(caller.user_id, &req.sync_token)
-            .map_err(|e| TaskError::from(FieldViolation::new("sync_token", e.to_string())))?;
+            .map_err(|e| FieldViolation::new("sync_token", e.to_string()))?;
         // Subscribed before the feed is read: a change committed in between wakes the stream.
         let subscription = self.hub.subscribe(caller.user_id);
         let open = self.hub.open_streams.enter();
-        let feed = feed::position(&self.pool, &caller).await.map_err(SyncError::Db)?;
+        let feed = feed::position(&self.pool, &caller).await?;
         let position = match start {
             Some(position) => {
                 check_position(position, feed)?;
@@ -220,34 +220,34 @@ impl TaskApi {
 #[tonic::async_trait]
 impl TaskService for TaskApi {
     async fn create_task(&self, request: Request<CreateTaskRequest>) -> Result<Response<CreateTaskResponse>, Status> {
-        let caller = Caller::of(&request, TASK_DOMAIN)?;
+        let caller = caller_of(&request, TASK_DOMAIN)?;
         Ok(Response::new(TaskApi::create_task(self, caller, request.into_inner()).await?))
     }
 
     async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<GetTaskResponse>, Status> {
-        let caller = Caller::of(&request, TASK_DOMAIN)?;
+        let caller = caller_of(&request, TASK_DOMAIN)?;
         Ok(Response::new(TaskApi::get_task(self, caller, request.into_inner()).await?))
     }
 
     async fn list_tasks(&self, request: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
-        let caller = Caller::of(&request, TASK_DOMAIN)?;
+        let caller = caller_of(&request, TASK_DOMAIN)?;
         Ok(Response::new(TaskApi::list_tasks(self, caller, request.into_inner()).await?))
     }
 
     async fn update_task(&self, request: Request<UpdateTaskRequest>) -> Result<Response<UpdateTaskResponse>, Status> {
-        let caller = Caller::of(&request, TASK_DOMAIN)?;
+        let caller = caller_of(&request, TASK_DOMAIN)?;
         Ok(Response::new(TaskApi::update_task(self, caller, request.into_inner()).await?))
     }
 
     async fn delete_task(&self, request: Request<DeleteTaskRequest>) -> Result<Response<DeleteTaskResponse>, Status> {
-        let caller = Caller::of(&request, TASK_DOMAIN)?;
+        let caller = caller_of(&request, TASK_DOMAIN)?;
         Ok(Response::new(TaskApi::delete_task(self, caller, request.into_inner()).await?))
     }
 
     type WatchTasksStream = Events;
 
     async fn watch_tasks(&self, request: Request<WatchTasksRequest>) -> Result<Response<Events>, Status> {
-        let caller = Caller::of(&request, TASK_DOMAIN)?;
+        let caller = caller_of(&request, TASK_DOMAIN)?;
         // Kept to check the token again before each read of the feed.
         let authorization =
             request.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
@@ -255,7 +255,7 @@ impl TaskService for TaskApi {
     }
 
     async fn sync_tasks(&self, request: Request<SyncTasksRequest>) -> Result<Response<SyncTasksResponse>, Status> {
-        let caller = Caller::of(&request, TASK_DOMAIN)?;
+        let caller = caller_of(&request, TASK_DOMAIN)?;
         Ok(Response::new(TaskApi::sync_tasks(self, caller, request.into_inner()).await?))
     }
 
@@ -263,7 +263,7 @@ impl TaskService for TaskApi {
         &self,
         request: Request<GetTaskStatsRequest>,
     ) -> Result<Response<GetTaskStatsResponse>, Status> {
-        let caller = Caller::of(&request, TASK_DOMAIN)?;
+        let caller = caller_of(&request, TASK_DOMAIN)?;
         Ok(Response::new(TaskApi::get_task_stats(self, caller).await?))
     }
 }

@@ -6,7 +6,7 @@ use crate::page_token::Cursor;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgExecutor};
 use todo_shared::Caller;
-use todo_shared::db::Db;
+use todo_shared::database::Db;
 use uuid::Uuid;
 
 /// The columns every statement returns. `xmin` (the id of the transaction that wrote this row
@@ -34,6 +34,7 @@ pub enum Written<T> {
     EtagMismatch,
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert(
     db: impl PgExecutor<'_>,
     caller: &Caller,
@@ -67,6 +68,7 @@ async fn by_request_id(
 
 /// Creates a task once per request id: a repeat (even a concurrent one) returns the task the
 /// first call created.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_once(
     pool: &Db,
     caller: &Caller,
@@ -103,6 +105,7 @@ pub async fn insert_once(
     }
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn get(db: impl PgExecutor<'_>, caller: &Caller, id: i32) -> Result<Option<TaskRow>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(format!("SELECT {COLUMNS} FROM tasks WHERE id = $1 AND user_id = $2")))
         .bind(id)
@@ -114,6 +117,7 @@ pub async fn get(db: impl PgExecutor<'_>, caller: &Caller, id: i32) -> Result<Op
 /// One page in keyset order: rows strictly after `after`, `limit` of them. Each variant is a
 /// fixed statement, so PostgreSQL plans it once per connection and uses
 /// idx_tasks_user_created_id or idx_tasks_user_updated_id for any page depth.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(
     db: impl PgExecutor<'_>,
     caller: &Caller,
@@ -163,6 +167,7 @@ pub struct Patch {
     pub completed: Option<bool>,
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn update(
     pool: &Db,
     caller: &Caller,
@@ -193,6 +198,7 @@ pub async fn update(
     }
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete(pool: &Db, caller: &Caller, id: i32, etag: Option<Etag>) -> Result<Written<()>, sqlx::Error> {
     let deleted = sqlx::query(
         "DELETE FROM tasks WHERE id = $1 AND user_id = $2 AND ($3::bigint IS NULL OR xmin::text::bigint = $3)",

@@ -5,7 +5,7 @@ use prost::Message;
 use std::net::SocketAddr;
 use testkit::test_database::TestDatabase;
 use todo_proto::auth::v1::GetJwksResponse;
-use todo_shared::grpc_web::CorsOrigins;
+use todo_shared::server::grpc_web::CorsOrigins;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ALLOWED: &str = "https://app.example.com";

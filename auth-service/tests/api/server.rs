@@ -167,7 +167,7 @@ async fn a_migration_that_fails_stops_the_service_with_the_cause() {
     // A table in the way, of another shape, so the first migration cannot create its own.
     sqlx::raw_sql("CREATE TABLE users (id int)").execute(&db.pool).await.unwrap();
     let config =
-        testkit::auth_config_with(todo_shared::config::DbConfig { run_migrations: true, ..testkit::db_config(&db) });
+        testkit::auth_config_with(todo_shared::database::DbConfig { run_migrations: true, ..testkit::db_config(&db) });
     let server = testkit::spawn_auth(config).await;
     let err = tokio::time::timeout(std::time::Duration::from_secs(20), server.wait())
         .await

@@ -8,8 +8,8 @@ use testkit::test_database::TestDatabase;
 use testkit::tls::{TempDir, TestCa};
 use todo_proto::auth::v1::SignUpRequest;
 use todo_proto::auth::v1::auth_service_client::AuthServiceClient;
-use todo_shared::config::DbConfig;
-use todo_shared::tls::TlsFiles;
+use todo_shared::database::DbConfig;
+use todo_shared::server::tls::TlsFiles;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic_health::pb::HealthCheckRequest;
@@ -133,7 +133,7 @@ async fn postgres_verify_full_against_a_server_with_a_test_ca() {
     let server = testkit::spawn_auth(testkit::auth_config_with(config.clone())).await;
     let mut auth = AuthServiceClient::new(testkit::channel(server.addr).await);
     auth.sign_up(sign_up("pg-tls@example.com")).await.expect("migrations and the call went over verified TLS");
-    let pool = todo_shared::db::pool(&config).unwrap();
+    let pool = todo_shared::database::pool(&config).unwrap();
     let ssl: bool =
         sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_one(&pool).await.unwrap();
     assert!(ssl, "the connection is encrypted");
@@ -141,7 +141,7 @@ async fn postgres_verify_full_against_a_server_with_a_test_ca() {
 
     // A server certificate the client's CA did not sign is refused: the pool does not connect.
     let wrong = db_config(verify_full_url(&pg, &other_ca_file), false);
-    let err = sqlx::query("SELECT 1").execute(&todo_shared::db::pool(&wrong).unwrap()).await.unwrap_err();
+    let err = sqlx::query("SELECT 1").execute(&todo_shared::database::pool(&wrong).unwrap()).await.unwrap_err();
     // rustls's verdict, as sqlx reports it (an I/O error of the TLS handshake).
     assert!(format!("{err:?}").contains("InvalidCertificate(UnknownIssuer)"), "{err:?}");
     // auth-service waits for a database it can use (as for one that is not up yet): it serves

@@ -5,7 +5,7 @@ use crate::store::TaskRow;
 use sqlx::PgExecutor;
 use std::time::Duration;
 use todo_shared::Caller;
-use todo_shared::db::Db;
+use todo_shared::database::Db;
 
 /// Where a user's feed stands: the last change number, and the highest pruned one (a cursor
 /// below it has missed deletions that are no longer recorded).
@@ -15,6 +15,7 @@ pub struct Position {
     pub pruned_seq: i64,
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn position(db: impl PgExecutor<'_>, caller: &Caller) -> Result<Position, sqlx::Error> {
     let position: Option<Position> = sqlx::query_as("SELECT seq, pruned_seq FROM task_feeds WHERE user_id = $1")
         .bind(caller.user_id)
@@ -77,6 +78,7 @@ pub const CHANGES_AFTER: &str = "SELECT v.task_id, v.seq, v.created_seq,
 
 /// The changes after `after`, oldest first, at most `limit`, with the feed's position in the
 /// same snapshot. Task rows come from the same snapshot as their change numbers.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn changes_after(
     pool: &Db,
     caller: &Caller,
@@ -95,6 +97,7 @@ pub async fn changes_after(
 }
 
 /// The caller's task counts, from the (user_id, completed) index alone.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn stats(db: impl PgExecutor<'_>, caller: &Caller) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as(STATS).bind(caller.user_id).fetch_one(db).await
 }
@@ -105,6 +108,7 @@ pub const STATS: &str = "SELECT count(*), count(*) FILTER (WHERE completed) FROM
 /// Deletes tombstones older than `retention` (raising each feed's pruned_seq past them) and the
 /// feeds of deleted accounts, in batches so that no transaction holds many locks. Returns the
 /// number of tombstones removed.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn prune(pool: &Db, retention: Duration) -> Result<u64, sqlx::Error> {
     let mut removed = 0;
     loop {

@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use todo_shared::db::Db;
-use todo_shared::in_flight::InFlight;
+use todo_shared::database::Db;
+use todo_shared::server::in_flight::InFlight;
 use tokio::sync::watch;
 use uuid::Uuid;
 

@@ -13,58 +13,20 @@ pub mod hub;
 pub mod token;
 pub mod watch;
 
+use crate::error::TaskError;
 use crate::service::task_message;
 use feed::{Change, Position};
 use todo_proto::task::v1::{ChangeType, Task};
-use todo_shared::status::{FieldViolation, TASK_DOMAIN, database_error, invalid_argument, with_reason};
 use token::SyncPosition;
-use tonic::{Code, Status};
 use uuid::Uuid;
-
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error("sync_token {0}")]
-    BadToken(#[from] token::SyncTokenError),
-    /// Older than the tombstones still kept (or the feed started over).
-    #[error("sync token expired")]
-    Expired,
-    /// Ahead of the feed: from another database, or one restored from a backup.
-    #[error("sync token unknown")]
-    Unknown,
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-}
-
-impl From<SyncError> for Status {
-    fn from(error: SyncError) -> Status {
-        match error {
-            SyncError::BadToken(e) => {
-                invalid_argument(TASK_DOMAIN, &[FieldViolation::new("sync_token", e.to_string())])
-            }
-            SyncError::Expired => with_reason(
-                Code::FailedPrecondition,
-                TASK_DOMAIN,
-                "SYNC_TOKEN_EXPIRED",
-                "changes since this sync_token are no longer kept; sync again from an empty sync_token",
-            ),
-            SyncError::Unknown => with_reason(
-                Code::FailedPrecondition,
-                TASK_DOMAIN,
-                "SYNC_TOKEN_UNKNOWN",
-                "this sync_token is ahead of the server's history; sync again from an empty sync_token",
-            ),
-            SyncError::Db(e) => database_error(TASK_DOMAIN, &e),
-        }
-    }
-}
 
 /// Refuses a position the feed cannot continue from: tombstones above both the client's
 /// position and its floor were pruned (or the feed started over), or it is ahead of the feed.
-pub fn check_position(position: SyncPosition, feed: Position) -> Result<(), SyncError> {
+pub fn check_position(position: SyncPosition, feed: Position) -> Result<(), TaskError> {
     if position.seq.max(position.floor) < feed.pruned_seq {
-        Err(SyncError::Expired)
+        Err(TaskError::SyncTokenExpired)
     } else if position.seq > feed.seq {
-        Err(SyncError::Unknown)
+        Err(TaskError::SyncTokenUnknown)
     } else {
         Ok(())
     }

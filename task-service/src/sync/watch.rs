@@ -3,10 +3,11 @@
 //! drains. Before every read the token is checked again, so a stream ends when its access token
 //! expires or its session is revoked, like any call would be refused.
 
+use super::change_of;
 use super::feed::{self, Change};
 use super::hub::{Subscription, Wake};
 use super::token::SyncPosition;
-use super::{SyncError, change_of};
+use crate::error::TaskError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,12 +15,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use todo_proto::task::v1::WatchTasksResponse;
 use todo_shared::Caller;
-use todo_shared::caller::Authenticator;
-use todo_shared::db::Db;
-use todo_shared::in_flight::InFlightGuard;
-use todo_shared::status::{TASK_DOMAIN, with_reason};
+use todo_shared::access::caller::Authenticator;
+use todo_shared::database::Db;
+use todo_shared::server::in_flight::InFlightGuard;
 use tokio::sync::{mpsc, oneshot};
-use tonic::{Code, Status};
+use tonic::Status;
+use tracing::Instrument;
 
 /// How often a stream re-checks its token, and reads the feed itself while the hub is not polling.
 const TICK: Duration = Duration::from_secs(1);
@@ -80,42 +81,47 @@ impl Watcher {
     pub fn start(self, position: SyncPosition, open: InFlightGuard) -> Events {
         let (events_tx, events) = mpsc::channel(self.settings.buffer);
         let (end_tx, end) = oneshot::channel();
-        tokio::spawn(async move {
-            if let Some(status) = self.run(position, &events_tx).await {
-                let _ = end_tx.send(status);
+        // The stream's task stays in the call's span: its log lines carry the request id.
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                if let Some(error) = self.run(position, &events_tx).await {
+                    let _ = end_tx.send(Status::from(error));
+                }
             }
-        });
+            .instrument(span),
+        );
         Events { events, end: Some(end), done: false, _open: open }
     }
 
-    /// Returns the status that ends the stream, or None when the client has gone.
-    async fn run(mut self, mut position: SyncPosition, events: &mpsc::Sender<WatchTasksResponse>) -> Option<Status> {
+    /// Returns the error that ends the stream, or None when the client has gone.
+    async fn run(mut self, mut position: SyncPosition, events: &mpsc::Sender<WatchTasksResponse>) -> Option<TaskError> {
         let mut look = true;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.subscription.is_closing() {
-                return Some(shutting_down());
+                return Some(TaskError::ShuttingDown);
             }
             if look {
                 if let Err(e) = self.authenticator.authenticate(Some(&self.authorization)).await {
-                    return Some(e.into_status(TASK_DOMAIN));
+                    return Some(e.into());
                 }
                 match self.deliver(&mut position, events).await {
                     Ok(true) => {}
                     Ok(false) => return None,
-                    Err(status) => return Some(status),
+                    Err(error) => return Some(error),
                 }
             }
             tokio::select! {
                 _ = events.closed() => return None,
                 wake = self.subscription.next() => match wake {
-                    Wake::Closing => return Some(shutting_down()),
+                    Wake::Closing => return Some(TaskError::ShuttingDown),
                     Wake::Changed => look = true,
                 },
                 _ = tick.tick() => {
                     if let Err(e) = self.authenticator.authenticate(Some(&self.authorization)).await {
-                        return Some(e.into_status(TASK_DOMAIN));
+                        return Some(e.into());
                     }
                     look = !self.subscription.hub.is_live();
                 }
@@ -128,14 +134,12 @@ impl Watcher {
         &self,
         position: &mut SyncPosition,
         events: &mpsc::Sender<WatchTasksResponse>,
-    ) -> Result<bool, Status> {
+    ) -> Result<bool, TaskError> {
         let page = self.settings.buffer.clamp(16, 500) as i64;
         // A stop does not wait for a slow reader's buffer.
         let mut closing = self.subscription.hub.closing();
         loop {
-            let (feed, changes) = feed::changes_after(&self.pool, &self.caller, position.seq, page)
-                .await
-                .map_err(|e| Status::from(SyncError::Db(e)))?;
+            let (feed, changes) = feed::changes_after(&self.pool, &self.caller, position.seq, page).await?;
             // Tombstones this stream still needed were pruned, or the feed started over (TRUNCATE).
             super::check_position(*position, feed)?;
             let full = changes.len() as i64 == page;
@@ -147,9 +151,9 @@ impl Watcher {
                         sent = send => match sent {
                             Ok(Ok(())) => {}
                             Ok(Err(_)) => return Ok(false),
-                            Err(_) => return Err(slow_reader(self.settings)),
+                            Err(_) => return Err(TaskError::SlowReader(self.settings)),
                         },
-                        _ = closing.wait_for(|closing| *closing) => return Err(shutting_down()),
+                        _ = closing.wait_for(|closing| *closing) => return Err(TaskError::ShuttingDown),
                     }
                 }
                 position.seq = seq;
@@ -168,25 +172,4 @@ impl Watcher {
             sync_token: super::token::encode(self.caller.user_id, at),
         })
     }
-}
-
-fn shutting_down() -> Status {
-    with_reason(
-        Code::Unavailable,
-        TASK_DOMAIN,
-        "SHUTTING_DOWN",
-        "the server is stopping; watch again with the last sync_token",
-    )
-}
-
-fn slow_reader(settings: WatchSettings) -> Status {
-    with_reason(
-        Code::ResourceExhausted,
-        TASK_DOMAIN,
-        "SLOW_READER",
-        format!(
-            "the stream was {} events ahead of the reader for {:?}; watch again with the last sync_token",
-            settings.buffer, settings.slow_reader
-        ),
-    )
 }

@@ -74,8 +74,8 @@ async fn run() -> anyhow::Result<()> {
     let task_config = task_service::TaskConfig::from_env(&env)?;
 
     // Once, before either service starts; the services then find nothing to apply.
-    let pool = todo_shared::db::pool(&auth_config.db)?;
-    todo_shared::db::migrate(pool.pool()).await.context("applying migrations")?;
+    let pool = todo_shared::database::pool(&auth_config.db)?;
+    todo_shared::database::migrate(pool.pool()).await.context("applying migrations")?;
     pool.close().await;
     println!("Migrations applied.");
 
@@ -99,7 +99,7 @@ async fn run() -> anyhow::Result<()> {
     let services = async { tokio::try_join!(flatten(auth), flatten(task)) };
     tokio::pin!(services);
     let outcome = tokio::select! {
-        _ = todo_shared::grpc_server::shutdown_signal() => {
+        _ = todo_shared::server::serve::shutdown_signal() => {
             println!("\nStopping: letting in-flight calls finish...");
             let _ = stop_tx.send(true);
             services.await.map(|_| ())
@@ -130,7 +130,7 @@ Press Ctrl-C to stop everything."#
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if let Err(e) = todo_shared::telemetry::init(&ProcessEnv) {
+    if let Err(e) = todo_shared::server::telemetry::init(&ProcessEnv) {
         eprintln!("devstack: configuration error: {e}");
         return ExitCode::from(2);
     }

@@ -5,7 +5,7 @@ use localpg::{Durability, PrivatePostgres, find_binaries};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use testkit::RunningServer;
-use todo_shared::config::DbConfig;
+use todo_shared::database::DbConfig;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;

@@ -16,7 +16,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_of_each_on_one_database_behave_as_one() {
     let db = TestDatabase::empty().await;
-    let migrating = || todo_shared::config::DbConfig { run_migrations: true, ..testkit::db_config(&db) };
+    let migrating = || todo_shared::database::DbConfig { run_migrations: true, ..testkit::db_config(&db) };
     let (auth_a, auth_b, task_a, task_b) = tokio::join!(
         testkit::spawn_auth(testkit::auth_config_with(migrating())),
         testkit::spawn_auth(testkit::auth_config_with(migrating())),
@@ -28,7 +28,7 @@ async fn two_of_each_on_one_database_behave_as_one() {
         assert!(serving.is_some(), "{} serving", server.addr);
     }
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&db.pool).await.unwrap();
-    let ups = todo_shared::db::MIGRATOR.iter().filter(|m| !m.migration_type.is_down_migration()).count();
+    let ups = todo_shared::database::MIGRATOR.iter().filter(|m| !m.migration_type.is_down_migration()).count();
     assert_eq!(applied as usize, ups, "each migration applied once");
     let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM signing_keys").fetch_one(&db.pool).await.unwrap();
     assert_eq!(keys, 2, "each auth-service registered its key");

@@ -17,8 +17,8 @@ use todo_proto::auth::v1::auth_service_client::AuthServiceClient;
 use todo_proto::auth::v1::{GetCurrentUserRequest, SignUpRequest};
 use todo_proto::task::v1::task_service_client::TaskServiceClient;
 use todo_proto::task::v1::{CreateTaskRequest, ListTasksRequest};
-use todo_shared::config::DbConfig;
-use todo_shared::db::PoolMode;
+use todo_shared::database::DbConfig;
+use todo_shared::database::PoolMode;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 

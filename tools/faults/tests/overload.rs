@@ -117,7 +117,7 @@ async fn a_request_one_byte_over_64_kib_is_refused_and_the_server_stays_healthy(
     // Right at the limit the request reaches the handler (which refuses the field); one byte
     // more and it is refused as too large, well below tonic's own 4 MiB default.
     const LIMIT: usize = 64 * 1024;
-    assert_eq!(todo_shared::grpc_server::MAX_REQUEST_BYTES, LIMIT);
+    assert_eq!(todo_shared::server::call_limits::MAX_REQUEST_BYTES, LIMIT);
     let app = TestApp::spawn().await;
     let (_, tokens) = app.sign_up("big@example.com").await;
     let create = CreateTaskRequest::default();

@@ -26,7 +26,7 @@ use todo_proto::auth::v1::auth_service_client::AuthServiceClient;
 use todo_proto::auth::v1::{LogoutRequest, SignUpRequest};
 use todo_proto::task::v1::task_service_client::TaskServiceClient;
 use todo_proto::task::v1::{CreateTaskRequest, ListTasksRequest};
-use todo_shared::db::{Db, PoolMode};
+use todo_shared::database::{Db, PoolMode};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -52,7 +52,7 @@ async fn services_behind_pgbouncer_in_transaction_mode() {
 async fn services_work_behind_pgbouncer(pgbouncer_mode: &str, pool_mode: PoolMode) {
     let pg = DedicatedPostgres::start();
     let bouncer = bouncer(&pg, pgbouncer_mode);
-    let db = todo_shared::config::DbConfig {
+    let db = todo_shared::database::DbConfig {
         url: SecretString::from(bouncer.url("postgres")),
         direct_url: Some(SecretString::from(pg.url())),
         pool_mode,
@@ -168,7 +168,7 @@ async fn a_call_queued_in_the_pooler_is_answered_unavailable_before_its_deadline
     // service's statements wait in PgBouncer's queue, where no statement_timeout reaches them.
     let pg = DedicatedPostgres::start();
     let bouncer = bouncer(&pg, "transaction");
-    let db = todo_shared::config::DbConfig {
+    let db = todo_shared::database::DbConfig {
         url: SecretString::from(bouncer.url("postgres")),
         direct_url: Some(SecretString::from(pg.url())),
         pool_mode: PoolMode::Transaction,

@@ -6,7 +6,7 @@ use secrecy::ExposeSecret;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use todo_shared::db::PoolMode;
+use todo_shared::database::PoolMode;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;

@@ -4,14 +4,19 @@
 //! it comes back in the response metadata, so a caller can quote it when reporting a problem.
 //! With LOG_FORMAT=json each line is one JSON object with these as fields.
 //! With metrics on, the same place counts the call in the Prometheus series (`metrics`).
+//!
+//! The call runs inside a span `call` with `method` and `request_id` (and `user_id`, recorded
+//! once the token is verified), so every line logged during the call, deep in a store function
+//! too, can be tied to it.
 
-use crate::in_flight::InFlight;
-use crate::metrics::{CountedBody, GrpcMetrics, StreamEnd, grpc_status};
+use crate::server::in_flight::InFlight;
+use crate::server::metrics::{CountedBody, GrpcMetrics, StreamEnd, grpc_status};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
+use tracing::Instrument;
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -28,6 +33,7 @@ impl<S> tower::Layer<S> for AccessLogLayer {
     }
 }
 
+/// The service `AccessLogLayer` wraps around the server's routes.
 #[derive(Clone)]
 pub struct AccessLog<S> {
     inner: S,
@@ -69,45 +75,54 @@ where
         request.headers_mut().insert(REQUEST_ID, id.clone());
         let method = request.uri().path().to_owned();
         let series = self.metrics.as_ref().map(|metrics| metrics.started(&method));
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let response = future.await;
-            drop(in_flight);
-            let mut response = match response {
-                Ok(response) => response,
-                Err(e) => {
-                    if let Some(series) = series {
-                        series.handled(tonic::Code::Unknown, started.elapsed());
+        let span = tracing::info_span!(
+            "call",
+            method = %method,
+            request_id = %id.to_str().unwrap_or_default(),
+            user_id = tracing::field::Empty,
+        );
+        let future = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let response = future.await;
+                drop(in_flight);
+                let mut response = match response {
+                    Ok(response) => response,
+                    Err(e) => {
+                        if let Some(series) = series {
+                            series.handled(tonic::Code::Unknown, started.elapsed());
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
-                }
-            };
-            // An error travels in the headers (trailers-only); a success's status follows the
-            // body in trailers, so a response without one here is reported as OK.
-            let code_in_headers = grpc_status(response.headers());
-            let code = code_in_headers.unwrap_or(tonic::Code::Ok);
-            response.headers_mut().insert(REQUEST_ID, id.clone());
-            // A unary call is over once its headers are ready; a stream that has started is
-            // counted when its body ends, with the code of its trailers.
-            let stream_end = match series {
-                Some(series) if series.is_stream() && code_in_headers.is_none() => {
-                    Some(StreamEnd::new(series, started))
-                }
-                Some(series) => {
-                    series.handled(code, started.elapsed());
-                    None
-                }
-                None => None,
-            };
-            tracing::info!(
-                target: "grpc",
-                method = %method,
-                code = ?code,
-                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-                request_id = id.to_str().unwrap_or_default(),
-                "call"
-            );
-            Ok(response.map(|body| CountedBody::new(body, stream_end)))
-        })
+                };
+                // An error travels in the headers (trailers-only); a success's status follows the
+                // body in trailers, so a response without one here is reported as OK.
+                let code_in_headers = grpc_status(response.headers());
+                let code = code_in_headers.unwrap_or(tonic::Code::Ok);
+                response.headers_mut().insert(REQUEST_ID, id.clone());
+                // A unary call is over once its headers are ready; a stream that has started is
+                // counted when its body ends, with the code of its trailers.
+                let stream_end = match series {
+                    Some(series) if series.is_stream() && code_in_headers.is_none() => {
+                        Some(StreamEnd::new(series, started))
+                    }
+                    Some(series) => {
+                        series.handled(code, started.elapsed());
+                        None
+                    }
+                    None => None,
+                };
+                tracing::info!(
+                    target: "grpc",
+                    method = %method,
+                    code = ?code,
+                    latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    request_id = id.to_str().unwrap_or_default(),
+                    "call"
+                );
+                Ok(response.map(|body| CountedBody::new(body, stream_end)))
+            }
+            .instrument(span),
+        )
     }
 }

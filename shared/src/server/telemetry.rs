@@ -3,13 +3,17 @@
 use crate::config::{ConfigError, Env, optional};
 use tracing_subscriber::EnvFilter;
 
+/// `LOG_FORMAT`: how log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
+    /// Human-readable lines (the default).
     Text,
+    /// One JSON object per line.
     Json,
 }
 
 impl LogFormat {
+    /// `LOG_FORMAT` (`text`, the default, or `json`).
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         match optional(env, "LOG_FORMAT").map(|v| v.to_ascii_lowercase()).as_deref() {
             None | Some("text") => Ok(LogFormat::Text),

@@ -7,9 +7,12 @@ use anyhow::Context;
 use std::path::PathBuf;
 use tonic::transport::{Identity, ServerTlsConfig};
 
+/// The certificate and key files a server speaks TLS with.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
+    /// `TLS_CERT_FILE`: PEM certificate, optionally followed by its chain.
     pub cert: PathBuf,
+    /// `TLS_KEY_FILE`: PEM private key.
     pub key: PathBuf,
 }
 
@@ -62,11 +65,15 @@ impl TlsFiles {
 /// CA), under the name HEALTHCHECK_TLS_NAME (default localhost).
 #[derive(Clone, Debug)]
 pub struct CheckTls {
+    /// The CA certificates (PEM) the health check trusts.
     pub ca_pem: Vec<u8>,
+    /// The name expected in the server certificate (`HEALTHCHECK_TLS_NAME`).
     pub server_name: String,
 }
 
 impl CheckTls {
+    /// What `healthcheck` needs to reach a TLS server (`HEALTHCHECK_CA_FILE`,
+    /// `HEALTHCHECK_TLS_NAME`), or None when TLS is off.
     pub fn from_env(env: &dyn Env) -> Result<Option<Self>, ConfigError> {
         let Some(cert) = optional(env, "TLS_CERT_FILE") else {
             return Ok(None);
@@ -80,6 +87,7 @@ impl CheckTls {
         Ok(Some(Self { ca_pem, server_name }))
     }
 
+    /// A tonic client TLS configuration trusting `ca_pem` for `server_name`.
     pub fn client_config(&self) -> tonic::transport::ClientTlsConfig {
         tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))

@@ -12,9 +12,9 @@
 //! never delivers notifications) each check asks the database instead (refusing when it cannot),
 //! and the listener reconnects and loads the list again.
 
-use crate::db::Db;
-use crate::keyring::KeyRing;
-use crate::token::TokenError;
+use crate::access::keyring::KeyRing;
+use crate::access::token::TokenError;
+use crate::database::Db;
 use sqlx::postgres::PgListener;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +30,8 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const HEARTBEAT_STALE: Duration = Duration::from_secs(3);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// The sessions revoked in the last `window`, kept current by LISTEN, and the check each call
+/// makes against them (or against the database while the list cannot be trusted).
 pub struct Revocations {
     pool: Db,
     window: Duration,
@@ -42,6 +44,9 @@ pub struct Revocations {
 }
 
 impl Revocations {
+    /// An empty list, not live until `spawn_listener_on` has loaded it; until then each check asks
+    /// the database. `window`: how long a revoked session is remembered (at least the longest
+    /// access-token lifetime).
     pub fn new(pool: Db, window: Duration) -> Arc<Self> {
         Arc::new(Self {
             pool,
@@ -83,7 +88,7 @@ impl Revocations {
 
     /// Keeps the list (and `keys`) current until the task is aborted, reconnecting with backoff,
     /// on a connection made with `options`: a direct one when the pool goes through a pooler in
-    /// transaction mode, which cannot deliver notifications (`db::direct_options`).
+    /// transaction mode, which cannot deliver notifications (`database::direct_options`).
     pub fn spawn_listener_on(
         self: &Arc<Self>,
         keys: Arc<KeyRing>,

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
+/// `time` as a `google.protobuf.Timestamp` (seconds and nanoseconds since the Unix epoch).
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: time.timestamp(), nanos: time.timestamp_subsec_nanos() as i32 }
 }

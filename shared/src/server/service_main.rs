@@ -15,15 +15,24 @@ pub struct Binary<C> {
     pub name: &'static str,
     /// The fully qualified gRPC service name, for the health check.
     pub service: &'static str,
+    /// The listen-address variable, e.g. `AUTH_ADDR`.
     pub addr_var: &'static str,
+    /// Its default, e.g. `127.0.0.1:50051`.
     pub default_addr: &'static str,
+    /// Reads the service's settings.
     pub load: fn(&dyn Env) -> Result<C, ConfigError>,
+    /// The listen address in those settings.
     pub addr: fn(&C) -> SocketAddr,
 }
 
+/// Resolves when the process should stop (SIGINT or SIGTERM).
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl<C> Binary<C> {
+    /// The binary's `main`: `healthcheck` asks a running instance and exits 0 if it is SERVING;
+    /// otherwise settings are read (a bad one: one line naming it, exit code 2), telemetry is set
+    /// up, the address is bound and `serve` runs until SIGINT or SIGTERM (exit code 0, or 1 when
+    /// it fails).
     pub async fn main<F, Fut>(self, serve: F) -> ExitCode
     where
         F: FnOnce(TcpListener, C, Shutdown) -> Fut,
@@ -36,13 +45,13 @@ impl<C> Binary<C> {
         };
         if std::env::args().nth(1).as_deref() == Some("healthcheck") {
             let settings = socket_addr(&ProcessEnv, self.addr_var, self.default_addr)
-                .and_then(|addr| Ok((addr, crate::tls::CheckTls::from_env(&ProcessEnv)?)));
+                .and_then(|addr| Ok((addr, crate::server::tls::CheckTls::from_env(&ProcessEnv)?)));
             return match settings {
-                Ok((addr, tls)) => crate::health::check_command(addr, self.service, tls).await,
+                Ok((addr, tls)) => crate::server::health::check_command(addr, self.service, tls).await,
                 Err(e) => fail("configuration error: ", &e, 2),
             };
         }
-        if let Err(e) = crate::telemetry::init(&ProcessEnv) {
+        if let Err(e) = crate::server::telemetry::init(&ProcessEnv) {
             return fail("configuration error: ", &e, 2);
         }
         let config = match (self.load)(&ProcessEnv) {
@@ -56,7 +65,7 @@ impl<C> Binary<C> {
                 return fail(&format!("cannot listen on {addr} ({}): ", self.addr_var), &e, 1);
             }
         };
-        match serve(listener, config, Box::pin(crate::grpc_server::shutdown_signal())).await {
+        match serve(listener, config, Box::pin(crate::server::serve::shutdown_signal())).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail("", &format!("{e:#}"), 1),
         }

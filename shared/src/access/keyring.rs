@@ -2,10 +2,10 @@
 //!
 //! The database is the rendezvous between issuers and verifiers: each auth-service instance
 //! registers the public half of its key there, and verifiers load the rows at start and again
-//! when they meet an unknown `kid` (at most once a second), so they never call auth-service and
+//! when they meet an unknown `kid` (at most every 250 ms), so they never call auth-service and
 //! accept a new instance's key at once.
 
-use crate::db::Db;
+use crate::database::Db;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::DecodingKey;
 use std::collections::HashMap;
@@ -21,7 +21,9 @@ const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 /// One row of `signing_keys` that verifies now.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PublicKeyRow {
+    /// The key id: the RFC 7638 thumbprint of the public key.
     pub kid: String,
+    /// The raw 32-byte Ed25519 public key (RFC 8032).
     pub public_key: Vec<u8>,
     /// When set, the key stops verifying at this moment.
     pub retired_at: Option<DateTime<Utc>>,
@@ -81,11 +83,14 @@ struct Attempt {
 /// Why no key could be found for a `kid`.
 #[derive(Debug)]
 pub enum KeyLookupError {
+    /// No key with this kid verifies, even after a reload.
     UnknownKid,
+    /// The keys could not be loaded, and this kid was not known before.
     Database(sqlx::Error),
 }
 
 impl KeyRing {
+    /// An empty ring that loads from `signing_keys` in `pool` on first use.
     pub fn new(pool: Db) -> Self {
         Self {
             pool,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// The calls (and streams) being answered now, so a graceful stop can wait for them.
 #[derive(Clone, Default)]
 pub struct InFlight {
     count: Arc<AtomicUsize>,
@@ -12,6 +13,7 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// How many are in flight now.
     pub fn current(&self) -> usize {
         self.count.load(Ordering::Acquire)
     }
@@ -30,6 +32,7 @@ impl InFlight {
     }
 }
 
+/// One call in flight, until dropped.
 pub struct InFlightGuard(InFlight);
 
 impl Drop for InFlightGuard {

@@ -126,6 +126,7 @@ pub struct StreamEnd {
 }
 
 impl StreamEnd {
+    /// Counts a stream of `series` that began at `started` when it ends.
     pub fn new(series: Arc<MethodSeries>, started: std::time::Instant) -> Self {
         Self { series, started }
     }
@@ -155,6 +156,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> CountedBody<B> {
+    /// `inner`, counting the stream `end` (if any) when the body ends.
     pub fn new(inner: B, end: Option<StreamEnd>) -> Self {
         Self { inner, end }
     }
@@ -227,12 +229,16 @@ impl GrpcMetrics {
 /// A gauge read at each scrape, for what a service knows and the shared code does not (such
 /// as auth-service's bcrypt queue).
 pub struct SampledGauge {
+    /// The series name, e.g. `db_pool_connections`.
     pub name: &'static str,
+    /// The HELP text of the series.
     pub help: &'static str,
+    /// Reads the value when the endpoint is scraped.
     pub read: Box<dyn Fn() -> i64 + Send + Sync>,
 }
 
 impl SampledGauge {
+    /// A gauge `name` read by `read` at each scrape.
     pub fn new(name: &'static str, help: &'static str, read: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
         Self { name, help, read: Box::new(read) }
     }
@@ -241,6 +247,7 @@ impl SampledGauge {
 /// Everything one server exposes: the registry, and what to read just before encoding it.
 pub struct Metrics {
     registry: Registry,
+    /// The gRPC series, for the access-log layer to count calls in.
     pub grpc: Arc<GrpcMetrics>,
     samplers: Vec<Box<dyn Fn() + Send + Sync>>,
 }

@@ -1,27 +1,49 @@
 //! Access tokens: their claims, and their verification with the algorithm pinned to EdDSA.
 
-use crate::config::TokenConfig;
-use crate::keyring::{KeyLookupError, KeyRing};
-use crate::status::with_reason;
+use super::keyring::{KeyLookupError, KeyRing};
+use crate::config::{ConfigError, Env, optional};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use tonic::{Code, Status};
 use uuid::Uuid;
+
+/// Token settings that issuer and verifiers must agree on.
+#[derive(Clone, Debug)]
+pub struct TokenConfig {
+    /// `iss` of access tokens (`TOKEN_ISSUER`, default `todo-auth`).
+    pub issuer: String,
+    /// `aud` of access tokens (`TOKEN_AUDIENCE`, default `todo`).
+    pub audience: String,
+}
+
+impl TokenConfig {
+    /// `TOKEN_ISSUER` and `TOKEN_AUDIENCE`, or their defaults; never fails today.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            issuer: optional(env, "TOKEN_ISSUER").unwrap_or_else(|| "todo-auth".into()),
+            audience: optional(env, "TOKEN_AUDIENCE").unwrap_or_else(|| "todo".into()),
+        })
+    }
+}
 
 /// The claims of an access token (RFC 9068 names plus `sid`, the session).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AccessClaims {
+    /// Issuer (RFC 7519 4.1.1).
     pub iss: String,
+    /// Audience (RFC 7519 4.1.3).
     pub aud: String,
     /// The user id.
     pub sub: Uuid,
     /// The session id.
     pub sid: Uuid,
+    /// Issued at, seconds since the Unix epoch (RFC 7519 4.1.6).
     pub iat: i64,
+    /// Expires at, seconds since the Unix epoch (RFC 7519 4.1.4).
     pub exp: i64,
+    /// A unique id of this token (RFC 7519 4.1.7).
     pub jti: Uuid,
 }
 
@@ -31,19 +53,25 @@ pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 /// Why a token was refused. The `Display` texts are safe to send: they never hold the token.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
+    /// No bearer token was sent: `MISSING_TOKEN`.
     #[error("missing access token: send metadata `authorization: Bearer <access token>`")]
     Missing,
+    /// Malformed, forged, of another kind, or signed by a key that no longer verifies: `INVALID_TOKEN`.
     #[error("invalid token")]
     Invalid,
+    /// Past `exp` (and the leeway): `TOKEN_EXPIRED`.
     #[error("token expired")]
     Expired,
+    /// Its session was revoked or deleted: `SESSION_REVOKED`.
     #[error("session revoked")]
     Revoked,
+    /// Neither its key nor its session could be looked up: `DATABASE_UNAVAILABLE`.
     #[error("token keys could not be loaded")]
     Database(#[source] sqlx::Error),
 }
 
 impl TokenError {
+    /// The ErrorInfo reason a client sees for this refusal, e.g. `TOKEN_EXPIRED`.
     pub fn reason(&self) -> &'static str {
         match self {
             TokenError::Missing => "MISSING_TOKEN",
@@ -51,13 +79,6 @@ impl TokenError {
             TokenError::Expired => "TOKEN_EXPIRED",
             TokenError::Revoked => "SESSION_REVOKED",
             TokenError::Database(_) => "DATABASE_UNAVAILABLE",
-        }
-    }
-
-    pub fn into_status(self, domain: &str) -> Status {
-        match self {
-            TokenError::Database(e) => crate::status::database_error(domain, &e),
-            other => with_reason(Code::Unauthenticated, domain, other.reason(), other.to_string()),
         }
     }
 }
@@ -82,6 +103,8 @@ struct CachedToken {
 const CACHE_CAPACITY: usize = 20_000;
 
 impl TokenVerifier {
+    /// A verifier of tokens signed by a key in `keys`, for `config`'s issuer and audience, with a
+    /// 5 s leeway on `exp`.
     pub fn new(keys: Arc<KeyRing>, config: &TokenConfig) -> Self {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.algorithms = vec![Algorithm::EdDSA];
@@ -94,6 +117,7 @@ impl TokenVerifier {
         Self { keys, validation, verified: RwLock::new(HashMap::new()) }
     }
 
+    /// The key ring it verifies with.
     pub fn keys(&self) -> &Arc<KeyRing> {
         &self.keys
     }

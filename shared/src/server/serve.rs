@@ -1,13 +1,13 @@
 //! Assembling and running a service's gRPC server: the service's routes plus standard health,
 //! reflection v1 and v1alpha, and a graceful shutdown that turns health NOT_SERVING first.
 
-use crate::access_log::AccessLogLayer;
-use crate::call_limits::CallLimitsLayer;
-use crate::config::EndpointConfig;
-use crate::db::Db;
-use crate::in_flight::InFlight;
-use crate::metrics::SampledGauge;
-use crate::startup::{Ready, Startup, StartupGateLayer};
+use crate::database::Db;
+use crate::server::access_log::AccessLogLayer;
+use crate::server::call_limits::{CallLimitsLayer, MAX_CONCURRENT_STREAMS_PER_CONNECTION};
+use crate::server::endpoint::EndpointConfig;
+use crate::server::in_flight::InFlight;
+use crate::server::metrics::SampledGauge;
+use crate::server::startup_gate::{Ready, Startup, StartupGateLayer};
 use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -21,19 +21,13 @@ use tonic_health::ServingStatus;
 pub struct ServeExtras {
     /// How long a graceful stop waits for calls in flight.
     pub drain: Duration,
+    /// TLS and the metrics listener.
     pub endpoint: EndpointConfig,
+    /// Service-specific gauges for `/metrics` (auth-service's bcrypt queue).
     pub gauges: Vec<SampledGauge>,
     /// Browser origins allowed to call over gRPC-Web.
-    pub cors: crate::grpc_web::CorsOrigins,
+    pub cors: crate::server::grpc_web::CorsOrigins,
 }
-
-/// The largest request message a service accepts (`max_decoding_message_size`): the biggest
-/// legitimate one (a task with a 255-character title and a 1000-character description) is a
-/// few kilobytes; anything larger is refused with RESOURCE_EXHAUSTED before it is buffered.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
-/// Calls one HTTP/2 connection may have open at once (more wait for a slot); one client cannot
-/// take the whole server.
-pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 100;
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then lets in-flight calls finish for
 /// at most `drain`; calls still open then (long streams such as health Watch) are cut.
@@ -55,7 +49,7 @@ pub async fn serve(
     // The endpoint stops when this function returns (dropped), however it returns.
     let (metrics, _metrics_endpoint) = match extras.endpoint.metrics_addr {
         Some(addr) => {
-            let (grpc, endpoint) = crate::metrics::start(addr, services, pool.pool(), extras.gauges).await?;
+            let (grpc, endpoint) = crate::server::metrics::start(addr, services, pool.pool(), extras.gauges).await?;
             (Some(grpc), Some(endpoint))
         }
         None => (None, None),
@@ -67,7 +61,7 @@ pub async fn serve(
             .map_err(|e| anyhow::anyhow!("TLS_CERT_FILE / TLS_KEY_FILE: the certificate or key is not usable: {e}"))?;
     }
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    crate::health::set_all(&reporter, services, ServingStatus::NotServing).await;
+    crate::server::health::set_all(&reporter, services, ServingStatus::NotServing).await;
     let ready = Ready::default();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let background = {
@@ -79,7 +73,7 @@ pub async fn serve(
             }
             ready.set();
             tracing::info!("start-up done: serving calls");
-            crate::health::probe_database(pool, reporter, services, ready).await
+            crate::server::health::probe_database(pool, reporter, services, ready).await
         })
     };
     let failure = std::sync::Arc::new(std::sync::Mutex::new(None::<anyhow::Error>));
@@ -114,7 +108,7 @@ pub async fn serve(
         }
         tracing::info!(?drain, "shutting down: health NOT_SERVING, draining in-flight calls");
         background.abort();
-        crate::health::set_all(&reporter, services, ServingStatus::NotServing).await;
+        crate::server::health::set_all(&reporter, services, ServingStatus::NotServing).await;
         let _ = draining_tx.send(());
     };
 
@@ -122,7 +116,7 @@ pub async fn serve(
     let in_flight = InFlight::default();
     let server = builder
         .accept_http1(true) // gRPC-Web from browsers
-        .layer(crate::grpc_web::layer(&extras.cors))
+        .layer(crate::server::grpc_web::layer(&extras.cors))
         .layer(AccessLogLayer(in_flight.clone(), metrics))
         .layer(CallLimitsLayer)
         .layer(StartupGateLayer { ready, domain: domain_of(services) })
@@ -170,8 +164,8 @@ pub async fn serve(
 /// The ErrorInfo domain of a service name: "todo.task" for "todo.task.v1.TaskService".
 fn domain_of(services: &[&str]) -> &'static str {
     match services.first() {
-        Some(name) if name.starts_with("todo.auth.") => crate::status::AUTH_DOMAIN,
-        _ => crate::status::TASK_DOMAIN,
+        Some(name) if name.starts_with("todo.auth.") => crate::server::status::AUTH_DOMAIN,
+        _ => crate::server::status::TASK_DOMAIN,
     }
 }
 

@@ -3,23 +3,22 @@
 //! mode (`DB_POOL_MODE=transaction`: PgBouncer, Neon's pooled endpoint).
 //!
 //! In transaction mode a server connection is ours only until the transaction ends, which breaks
-//! two things sqlx does by default:
+//! two things sqlx does by default, and hides a third:
 //! - it prepares *named* statements and keeps them on the server connection, where the next
 //!   client's statement of the same name collides with them (or its own is not found): so every
 //!   statement runs unnamed;
 //! - it parses an unnamed statement and executes it in two round trips, each ending in Sync, and
 //!   the pooler may hand the second to another server connection: so every statement runs inside
 //!   a transaction, which keeps the server connection ours from BEGIN to COMMIT. The call's
-//!   statement_timeout travels in the same round trip as `SET LOCAL`.
-//!
+//!   statement_timeout travels in the same round trip as `SET LOCAL`;
 //! - a statement waiting in the pooler's queue (its server connections gone with PostgreSQL)
 //!   is out of statement_timeout's reach: the wait is bounded here, so the client hears
 //!   UNAVAILABLE before its deadline (see `Budget`).
 //!
-//! In session mode both are plain sqlx: cached named statements, and a statement outside a
+//! In session mode all three are plain sqlx: cached named statements, and a statement outside a
 //! transaction is one round trip.
 
-use super::DEFAULT_STATEMENT_TIMEOUT;
+use super::deadline::DEFAULT_STATEMENT_TIMEOUT;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream};
 use futures_util::{StreamExt, TryStreamExt};
@@ -51,6 +50,8 @@ pub struct Db {
 }
 
 impl Db {
+    /// `pool`, used as `mode` says (in transaction mode every statement runs unnamed inside a
+    /// transaction).
     pub fn new(pool: PgPool, mode: PoolMode) -> Self {
         Self { pool, mode }
     }
@@ -60,10 +61,12 @@ impl Db {
         &self.pool
     }
 
+    /// How statements are sent (`DB_POOL_MODE`).
     pub fn mode(&self) -> PoolMode {
         self.mode
     }
 
+    /// Closes the pool: waits for connections in use to come back, then closes every one.
     pub async fn close(&self) {
         self.pool.close().await
     }
@@ -105,7 +108,7 @@ struct Budget {
 
 impl Budget {
     fn now() -> Self {
-        let left = crate::call_limits::remaining().unwrap_or(DEFAULT_STATEMENT_TIMEOUT).min(DEFAULT_STATEMENT_TIMEOUT);
+        let left = super::deadline::remaining().unwrap_or(DEFAULT_STATEMENT_TIMEOUT).min(DEFAULT_STATEMENT_TIMEOUT);
         // 5% of the time left, between 5 and 100 ms: enough for an answer to travel back.
         let margin = (left / 20).clamp(Duration::from_millis(5), Duration::from_millis(100));
         Budget { statement: left.saturating_sub(margin * 2), answer_by: left.saturating_sub(margin) }
@@ -138,10 +141,12 @@ pub struct Tx {
 }
 
 impl Tx {
+    /// Commits the transaction.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         self.inner.commit().await
     }
 
+    /// Rolls the transaction back.
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         self.inner.rollback().await
     }

@@ -1,5 +1,5 @@
-//! Per-call limits that need the request: the client's deadline (`grpc-timeout`) travels with
-//! the call as a task-local, so that each database connection the call takes gets a
+//! Per-call limits that need the request: the client's deadline (`grpc-timeout`) becomes the
+//! deadline of the call's database work (`database::deadline`), so each statement gets a
 //! `statement_timeout` of the time left (the query is cancelled by PostgreSQL, not left running
 //! after the client gave up); and an oversized request, which tonic reports as OUT_OF_RANGE, is
 //! answered with RESOURCE_EXHAUSTED as the gRPC spec asks.
@@ -10,15 +10,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::task::futures::TaskLocalFuture;
 
-tokio::task_local! {
-    /// When the current call's client stops waiting, if it said.
-    static DEADLINE: Option<Instant>;
-}
-
-/// The time the current call has left, if its client set a deadline (None outside a call).
-pub fn remaining() -> Option<Duration> {
-    DEADLINE.try_with(|deadline| deadline.map(|d| d.saturating_duration_since(Instant::now()))).ok().flatten()
-}
+/// The largest request message a service accepts (`max_decoding_message_size`): the biggest
+/// legitimate one (a task with a 255-character title and a 1000-character description) is a
+/// few kilobytes; anything larger is refused with RESOURCE_EXHAUSTED before it is buffered.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Calls one HTTP/2 connection may have open at once (more wait for a slot); one client cannot
+/// take the whole server.
+pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 100;
 
 /// `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n).
 fn parse_grpc_timeout(value: &http::HeaderValue) -> Option<Duration> {
@@ -39,6 +37,8 @@ fn parse_grpc_timeout(value: &http::HeaderValue) -> Option<Duration> {
     })
 }
 
+/// Attaches each call's `grpc-timeout` as its database deadline, and answers an oversized
+/// request with RESOURCE_EXHAUSTED.
 #[derive(Clone, Copy, Default)]
 pub struct CallLimitsLayer;
 
@@ -50,6 +50,7 @@ impl<S> tower::Layer<S> for CallLimitsLayer {
     }
 }
 
+/// The service `CallLimitsLayer` wraps.
 #[derive(Clone)]
 pub struct CallLimits<S> {
     inner: S,
@@ -78,7 +79,7 @@ where
             .and_then(parse_grpc_timeout)
             .and_then(|timeout| Instant::now().checked_add(timeout));
         let rewrite: Rewrite<R, S::Error> = oversized_is_resource_exhausted;
-        DEADLINE.scope(deadline, self.inner.call(request).map(rewrite))
+        crate::database::deadline::scope(deadline, self.inner.call(request).map(rewrite))
     }
 }
 
@@ -101,7 +102,7 @@ fn oversized_is_resource_exhausted<R: Default, E>(
     }
     Ok(tonic::Status::resource_exhausted(format!(
         "the request is larger than the {} bytes this server accepts",
-        crate::grpc_server::MAX_REQUEST_BYTES
+        MAX_REQUEST_BYTES
     ))
     .into_http())
 }

@@ -1,6 +1,6 @@
 //! Health that follows the database: SERVING only while PostgreSQL answers.
 
-use crate::db::Db;
+use crate::database::Db;
 use std::time::Duration;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -35,7 +35,7 @@ pub fn spawn_database_probe(
     reporter: HealthReporter,
     services: &'static [&'static str],
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(probe_database(pool, reporter, services, crate::startup::Ready::default()))
+    tokio::spawn(probe_database(pool, reporter, services, crate::server::startup_gate::Ready::default()))
 }
 
 /// The probe loop itself, for callers that run it inside a task of their own. It tells `ready`
@@ -45,7 +45,7 @@ pub async fn probe_database(
     pool: Db,
     reporter: HealthReporter,
     services: &'static [&'static str],
-    ready: crate::startup::Ready,
+    ready: crate::server::startup_gate::Ready,
 ) {
     // A connection of its own, not the pool's: a pool busy with slow calls is not an outage,
     // and a single connect attempt tells "refused" at once where the pool would retry.
@@ -113,7 +113,7 @@ async fn probe_once(options: &sqlx::postgres::PgConnectOptions, connection: &mut
 pub async fn check_command(
     addr: std::net::SocketAddr,
     service: &str,
-    tls: Option<crate::tls::CheckTls>,
+    tls: Option<crate::server::tls::CheckTls>,
 ) -> std::process::ExitCode {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;

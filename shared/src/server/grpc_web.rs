@@ -29,6 +29,7 @@ impl CorsOrigins {
         list.split(',').map(str::trim).filter(|o| !o.is_empty()).map(origin).collect::<Result<_, _>>().map(Self)
     }
 
+    /// True when no origin is allowed (no CORS headers at all).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

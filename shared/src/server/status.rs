@@ -9,6 +9,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 /// The ErrorInfo domain of each service.
 pub const AUTH_DOMAIN: &str = "todo.auth";
+/// The ErrorInfo domain of task-service's errors.
 pub const TASK_DOMAIN: &str = "todo.task";
 
 /// A status with an ErrorInfo.
@@ -27,11 +28,14 @@ pub fn with_retry(code: Code, domain: &str, reason: &str, message: impl Into<Str
 /// One invalid field of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
+    /// The request field, as named in the .proto (`new_password`).
     pub field: &'static str,
+    /// What is wrong with it; never its value.
     pub description: String,
 }
 
 impl FieldViolation {
+    /// A violation of `field`.
     pub fn new(field: &'static str, description: impl Into<String>) -> Self {
         Self { field, description: description.into() }
     }
@@ -57,10 +61,10 @@ pub fn invalid_argument(domain: &str, violations: &[FieldViolation]) -> Status {
 /// Maps a database error: an outage is UNAVAILABLE (retryable), anything else INTERNAL with a
 /// generic message. The cause is logged with its chain, never sent.
 pub fn database_error(domain: &str, error: &sqlx::Error) -> Status {
-    if crate::db::is_deadline(error) {
+    if crate::database::is_deadline(error) {
         tracing::warn!(error = %error, "statement cancelled: the call ran out of time");
         with_reason(Code::DeadlineExceeded, domain, "DEADLINE_EXCEEDED", "the call ran out of time")
-    } else if crate::db::is_unavailable(error) {
+    } else if crate::database::is_unavailable(error) {
         tracing::warn!(error = %error, "database unavailable");
         with_reason(Code::Unavailable, domain, "DATABASE_UNAVAILABLE", "the database is unavailable; retry later")
     } else {
@@ -72,4 +76,14 @@ pub fn database_error(domain: &str, error: &sqlx::Error) -> Status {
 /// INTERNAL without any detail of the cause (which the caller has already logged).
 pub fn internal(domain: &str) -> Status {
     with_reason(Code::Internal, domain, "INTERNAL", "internal error")
+}
+
+/// A refused token as the status the client gets: UNAUTHENTICATED with the token's reason, or
+/// UNAVAILABLE when its key could not be looked up.
+pub fn token_error(domain: &str, error: crate::access::token::TokenError) -> Status {
+    use crate::access::token::TokenError;
+    match error {
+        TokenError::Database(e) => database_error(domain, &e),
+        other => with_reason(Code::Unauthenticated, domain, other.reason(), other.to_string()),
+    }
 }

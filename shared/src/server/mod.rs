@@ -1,0 +1,22 @@
+//! The server runtime both services run on: `serve` assembles the tonic server with its layers
+//! (access log and metrics, call limits, start-up gate, gRPC-Web/CORS, `require_caller`), health
+//! and reflection, TLS and graceful stop; `service_main` is each binary's `main`; `status` maps
+//! errors to gRPC statuses with ErrorInfo. Uses the access and database parts.
+
+pub mod access_log;
+pub mod call_limits;
+pub mod endpoint;
+pub mod grpc_web;
+pub mod health;
+pub mod in_flight;
+pub mod metrics;
+pub mod proto_time;
+pub mod require_caller;
+pub mod serve;
+pub mod service_main;
+pub mod startup_gate;
+pub mod status;
+pub mod telemetry;
+pub mod tls;
+
+pub use endpoint::EndpointConfig;
