@@ -1,37 +1,13 @@
 //! No password, token or hash reaches the logs during a full session, even at debug level.
 //!
-//! A test binary of its own: it installs the global subscriber, because tracing caches per
-//! callsite whether anyone listens, and a thread-local subscriber in a binary whose other tests
-//! run without one would miss events.
+//! A test binary of its own: it installs the process-wide subscriber (`testkit::logs`).
 
-use std::sync::{Arc, Mutex};
 use testkit::{PASSWORD, authed};
 use todo_proto::auth::v1::*;
 
-/// Collects everything the services log while the guard lives (this test's thread only).
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn no_password_token_or_hash_reaches_the_logs() {
-    let logs = CapturedLogs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this test binary");
+    let logs = testkit::logs::capture(tracing::Level::DEBUG);
 
     let app = testkit::TestApp::spawn().await;
     let mut auth = app.auth.clone();
@@ -95,7 +71,7 @@ async fn no_password_token_or_hash_reaches_the_logs() {
         .await
         .unwrap();
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(text.contains("signed up") && text.contains("account deleted"), "the capture works:\n{text}");
     // The access log: one line per call with method, code, latency and request id.
     assert!(

@@ -2,36 +2,14 @@
 //! the token is verified), even one written deep in the database error path: an operator can tie
 //! any log line to the call that caused it.
 //!
-//! A test binary of its own: it installs the global subscriber (see auth-service/tests/logs.rs).
+//! A test binary of its own: it installs the process-wide subscriber (`testkit::logs`).
 
-use std::sync::{Arc, Mutex};
 use testkit::authed;
 use todo_proto::task::v1::CreateTaskRequest;
 
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_database_error_inside_a_call_is_logged_with_the_calls_request_id() {
-    let logs = CapturedLogs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this test binary");
-
+    let logs = testkit::logs::capture(tracing::Level::INFO);
     let app = testkit::TestApp::spawn().await;
     let (user, tokens) = app.sign_up("traced@example.com").await;
     // The table the call writes to is gone: the store fails with an error that is not an outage.
@@ -41,7 +19,7 @@ async fn a_database_error_inside_a_call_is_logged_with_the_calls_request_id() {
     let err = app.tasks.clone().create_task(request).await.unwrap_err();
     testkit::assert_error(&err, tonic::Code::Internal, "INTERNAL");
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let line = text
         .lines()
         .find(|l| l.contains("database error"))

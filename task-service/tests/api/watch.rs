@@ -31,6 +31,27 @@ fn seen(event: &WatchTasksResponse) -> (ChangeType, i64, String) {
     (event.change_type(), task.id, task.title)
 }
 
+/// The status a stream ends with, within `limit` (else the test fails saying `what`); each event
+/// before it is handed to `seen_before` (to assert what may still come first).
+pub async fn end_of(
+    stream: &mut Streaming<WatchTasksResponse>,
+    limit: Duration,
+    what: &str,
+    mut seen_before: impl FnMut(WatchTasksResponse),
+) -> tonic::Status {
+    let ended = tokio::time::timeout(limit, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(event)) => seen_before(event),
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await;
+    ended.unwrap_or_else(|_| panic!("{what}: no end within {limit:?}"))
+}
+
 async fn assert_quiet(stream: &mut Streaming<WatchTasksResponse>, for_how_long: Duration) {
     if let Ok(message) = tokio::time::timeout(for_how_long, stream.message()).await {
         panic!("expected no event, got {message:?}");
@@ -224,18 +245,9 @@ async fn deleting_an_account_deletes_its_tasks_in_the_feed_and_ends_its_streams(
     .await
     .unwrap();
     assert_eq!(tombstones.into_iter().map(i64::from).collect::<Vec<_>>(), alices);
-    let ended = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match alice_stream.message().await {
-                // Her DELETED events may come first; then the stream must end.
-                Ok(Some(event)) => assert_eq!(event.change_type(), ChangeType::Deleted),
-                Ok(None) => panic!("the stream ended without a status"),
-                Err(status) => return status,
-            }
-        }
-    })
-    .await
-    .expect("the stream of a deleted account ends within 5 s");
+    // Her DELETED events may come first; then the stream must end.
+    let deleted_first = |event: WatchTasksResponse| assert_eq!(event.change_type(), ChangeType::Deleted);
+    let ended = end_of(&mut alice_stream, Duration::from_secs(5), "a deleted account's stream", deleted_first).await;
     assert_error(&ended, Code::Unauthenticated, "SESSION_REVOKED");
 }
 

@@ -20,6 +20,7 @@ use tonic_types::StatusExt;
 pub use localpg;
 pub use localpg::test_database;
 
+pub mod logs;
 pub mod process;
 pub mod scrape;
 pub mod tls;
