@@ -48,7 +48,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// The caller of an `authorization` metadata value (`Bearer <token>`): `Missing`, `Invalid`,
-    /// `Expired` or `Revoked` when refused, `Database` when neither the key nor the session could be
+    /// `Expired` or `Revoked` when refused, `Database` when the key or the session could not be
     /// looked up.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, TokenError> {
         let caller = authenticate(&self.verifier, authorization).await?;

@@ -61,7 +61,7 @@ pub fn direct_options(db: &Db, config: &DbConfig) -> Result<PgConnectOptions, sq
 }
 
 /// Applies the migrations when RUN_MIGRATIONS says so, waiting for the database as long as it
-/// takes (see `startup`). They run on a direct connection: sqlx holds a session advisory lock
+/// takes (see `waiting`). They run on a direct connection: sqlx holds a session advisory lock
 /// across them, which a pooler in transaction mode would not keep.
 pub async fn migrate_when_ready(db: &Db, config: &DbConfig) -> anyhow::Result<()> {
     if config.run_migrations {

@@ -75,7 +75,9 @@ where
         request.headers_mut().insert(REQUEST_ID, id.clone());
         let method = request.uri().path().to_owned();
         let series = self.metrics.as_ref().map(|metrics| metrics.started(&method));
-        let span = tracing::info_span!(
+        // At ERROR level, so it is enabled whenever any line is logged: a filter of `warn` must not
+        // strip the call's id from the warnings written during it.
+        let span = tracing::error_span!(
             "call",
             method = %method,
             request_id = %id.to_str().unwrap_or_default(),

@@ -29,17 +29,13 @@ async fn a_deadline_cancels_the_statement_in_postgresql() {
     let update = UpdateTaskRequest { id: task.id, completed: Some(true), ..Default::default() };
     let started = Instant::now();
     let call = tokio::spawn(async move {
-        tasks.update_task(with_deadline(update, Some(&token), Duration::from_millis(700))).await
+        tasks.update_task(with_deadline(update, Some(&token), Duration::from_millis(2000))).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        testkit::statements_waiting_on_locks(&app.db.pool).await,
-        1,
-        "the update waits for the lock while its client waits"
-    );
+    // The update waits for the lock while its client waits (seen, not slept for).
+    testkit::until_waiting_on_locks(&app.db.pool, 1).await;
     let err = call.await.unwrap().unwrap_err();
     assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
-    assert!(started.elapsed() < Duration::from_millis(1500), "answered after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_millis(3000), "answered after {:?}", started.elapsed());
     // PostgreSQL cancelled it (statement_timeout = the time the call had left), though the
     // lock is still held: nothing keeps running for a client that has gone.
     let gone = Instant::now();
@@ -172,9 +168,9 @@ async fn one_connection_has_at_most_100_calls_open_and_the_next_one_waits() {
     served.unwrap().expect("the waiting call succeeds");
 }
 
-/// The backend of the service's health probe: the one connection of the test database that runs
-/// `SELECT 1` again and again (every second).
-async fn probe_backend(db: &TestDatabase) -> i32 {
+/// The backends of the services' health probes: the connections of the test database that run
+/// `SELECT 1` again and again (every second), one per service; watched for 2.5 s.
+async fn probe_backends(db: &TestDatabase) -> Vec<i32> {
     let probes = || async {
         let rows: Vec<(i32, String)> = sqlx::query_as(
             "SELECT pid, query_start::text FROM pg_stat_activity
@@ -185,16 +181,35 @@ async fn probe_backend(db: &TestDatabase) -> i32 {
         .unwrap();
         rows
     };
-    let started = Instant::now();
-    let mut before = probes().await;
-    loop {
-        assert!(started.elapsed() < Duration::from_secs(10), "no connection probes the database every second");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = probes().await;
-        if let Some((pid, _)) = now.iter().find(|row| before.iter().any(|old| old.0 == row.0 && old.1 != row.1)) {
-            return *pid;
+    let first = probes().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = probes().await;
+    let probing: Vec<i32> =
+        later.iter().filter(|row| first.iter().any(|old| old.0 == row.0 && old.1 != row.1)).map(|row| row.0).collect();
+    assert!(!probing.is_empty(), "no connection probes the database every second: {first:?} then {later:?}");
+    probing
+}
+
+/// Stops backends with SIGSTOP, and lets them go on (SIGCONT) when dropped, whatever the test did.
+struct Stopped(Vec<i32>);
+
+impl Stopped {
+    fn signal(pids: &[i32], name: &str) {
+        for pid in pids {
+            let status = std::process::Command::new("kill").args([name, &pid.to_string()]).status().unwrap();
+            assert!(status.success(), "kill {name} {pid}");
         }
-        before = now;
+    }
+
+    fn new(pids: Vec<i32>) -> Self {
+        Self::signal(&pids, "-STOP");
+        Stopped(pids)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        Self::signal(&self.0, "-CONT");
     }
 }
 
@@ -212,17 +227,13 @@ async fn a_slow_probe_turns_health_not_serving_but_calls_go_on() {
     let (_, tokens) = app.sign_up("slow@example.com").await;
     let addr = app.task_server.addr;
     faults::wait_for_health(addr, ServingStatus::Serving, Duration::from_secs(10)).await.expect("serving");
-    let pid = probe_backend(&app.db).await;
+    let probes = probe_backends(&app.db).await;
     let mut watch = tonic_health::pb::health_client::HealthClient::new(testkit::channel(addr).await)
         .watch(tonic_health::pb::HealthCheckRequest { service: String::new() })
         .await
         .unwrap()
         .into_inner();
-    let signal = |name: &str| {
-        let status = std::process::Command::new("kill").args([name, &pid.to_string()]).status().unwrap();
-        assert!(status.success(), "kill {name} {pid}");
-    };
-    signal("-STOP");
+    let stopped = Stopped::new(probes);
     let outcome = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let update = watch.message().await.unwrap().expect("the health stream goes on");
@@ -235,7 +246,7 @@ async fn a_slow_probe_turns_health_not_serving_but_calls_go_on() {
         }
     })
     .await;
-    signal("-CONT");
+    drop(stopped);
     let served = outcome.expect("health turned NOT_SERVING within 10 s of the probe going unanswered");
     served.expect("a call while the probe is slow is served");
     faults::wait_for_health(addr, ServingStatus::Serving, Duration::from_secs(10)).await.expect("serving again");

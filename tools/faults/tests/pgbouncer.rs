@@ -11,7 +11,7 @@
 //! - In transaction mode plain sqlx 0.9 is not safe, even with its statement cache off: its named
 //!   statements stay on server connections that other clients get next, and its unnamed ones are
 //!   parsed and executed in two round trips between which the pooler may switch connections.
-//!   `db::Db` in transaction mode runs every statement unnamed inside a transaction: the same load
+//!   `database::Db` in transaction mode runs every statement unnamed inside a transaction: the same load
 //!   has no failure, and no statement is left behind.
 //! - A statement queued in the pooler, out of statement_timeout's reach, is given up before the
 //!   call's deadline: the client hears UNAVAILABLE, not its own time-out.
