@@ -114,7 +114,7 @@ pub async fn retire_key_command(args: &[String]) -> std::process::ExitCode {
         eprintln!("auth-service retire-key: seconds must be a whole number");
         return ExitCode::from(2);
     };
-    let config = match todo_shared::database::DbConfig::from_env(&todo_shared::config::ProcessEnv) {
+    let config = match todo_shared::database::DbConfig::from_env(&todo_shared::env::ProcessEnv) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("auth-service: configuration error: {e}");

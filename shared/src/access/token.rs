@@ -1,7 +1,7 @@
 //! Access tokens: their claims, and their verification with the algorithm pinned to EdDSA.
 
 use super::keyring::{KeyLookupError, KeyRing};
-use crate::config::{ConfigError, Env, optional};
+use crate::env::{ConfigError, Env, optional};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
 //! How a service is reached and stopped: TLS and the metrics listener (`EndpointConfig`), and
 //! the drain time of a graceful stop.
 
-use crate::config::{ConfigError, Env, optional, seconds, socket_addr};
+use crate::env::{ConfigError, Env, optional, seconds, socket_addr};
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! gRPC-Web requests (HTTP/1.1 or HTTP/2) into gRPC, and a CORS layer answers browsers' preflight
 //! requests for the origins listed in `CORS_ALLOWED_ORIGINS`. Native gRPC passes through untouched.
 
-use crate::config::{ConfigError, Env, optional};
+use crate::env::{ConfigError, Env, optional};
 use http::{HeaderName, HeaderValue, Method};
 use std::time::Duration;
 use tonic_web::GrpcWebLayer;

@@ -2,7 +2,7 @@
 //! listen address, serving until SIGINT/SIGTERM; or, as `<binary> healthcheck`, asking a
 //! running instance whether it is SERVING (for container health checks with no extra tools).
 
-use crate::config::{ConfigError, Env, ProcessEnv, socket_addr};
+use crate::env::{ConfigError, Env, ProcessEnv, socket_addr};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -1,6 +1,6 @@
 //! Logging: `RUST_LOG` filters (default `info`, sqlx notices at `warn`), `LOG_FORMAT` is `text` or `json`.
 
-use crate::config::{ConfigError, Env, optional};
+use crate::env::{ConfigError, Env, optional};
 use tracing_subscriber::EnvFilter;
 
 /// `LOG_FORMAT`: how log lines are written.

@@ -2,7 +2,7 @@
 //! and `TLS_KEY_FILE` (its private key). Both or neither; without them the server speaks
 //! plaintext gRPC (h2c), e.g. behind a TLS-terminating proxy or on a private network.
 
-use crate::config::{ConfigError, Env, optional};
+use crate::env::{ConfigError, Env, optional};
 use anyhow::Context;
 use std::path::PathBuf;
 use tonic::transport::{Identity, ServerTlsConfig};

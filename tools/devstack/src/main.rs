@@ -11,7 +11,7 @@ use localpg::{Durability, PrivatePostgres, find_binaries};
 use sqlx::{Connection, Executor};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use todo_shared::config::{Env, ProcessEnv};
+use todo_shared::env::{Env, ProcessEnv};
 
 /// The process environment with DATABASE_URL pointing at the database we chose.
 struct DevEnv {

@@ -77,7 +77,7 @@ impl TestDatabase {
     /// Creates and migrates a uniquely named database.
     pub async fn new() -> Self {
         let db = Self::empty().await;
-        todo_shared::database::migrate(&db.pool).await.expect("migrations apply to a fresh database");
+        todo_database::migrate(&db.pool).await.expect("migrations apply to a fresh database");
         db
     }
 

@@ -2,7 +2,7 @@
 //! `DB_POOL_MODE`, `RUN_MIGRATIONS`), read once at start, and safe to log.
 
 use super::PoolMode;
-use crate::config::{ConfigError, Env, boolean, optional, parse_or};
+use crate::env::{ConfigError, Env, boolean, optional, parse_or};
 use secrecy::{ExposeSecret, SecretString};
 use std::fmt;
 

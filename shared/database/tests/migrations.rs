@@ -3,7 +3,7 @@
 
 use localpg::test_database::TestDatabase;
 use sqlx::PgPool;
-use todo_shared::database::{MIGRATOR, migrate};
+use todo_database::{MIGRATOR, migrate};
 
 /// Everything of ours in the catalog, as sorted text: columns, constraints, indexes, triggers,
 /// functions. sqlx's own bookkeeping table is left out.
@@ -119,7 +119,7 @@ async fn triggers_keep_updated_at_current_and_deletes_cascade() {
         .execute(&db.pool)
         .await
         .unwrap_err();
-    assert_eq!(todo_shared::database::violated_constraint(&err), Some("chk_tasks_title_length"));
+    assert_eq!(todo_database::violated_constraint(&err), Some("chk_tasks_title_length"));
     sqlx::query("DELETE FROM users").execute(&db.pool).await.unwrap();
     let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks").fetch_one(&db.pool).await.unwrap();
     assert_eq!(tasks, 0);

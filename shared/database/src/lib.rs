@@ -1,9 +1,22 @@
-//! The database part: the PostgreSQL pool and its executors (`Db`, `Tx`), the per-call
-//! statement_timeout (`deadline`), the embedded migrations, waiting for the database at start
-//! (`waiting`), and telling an outage from a bug. It knows nothing of gRPC.
+//! The database part both services share, a crate of its own so that what only needs the
+//! database (the migrations in `tools/localpg`) builds without gRPC:
+//!
+//! - the PostgreSQL pool and its executors ([`Db`], [`Tx`]; [`pool`]),
+//! - the per-call statement_timeout ([`deadline`]): a call's remaining time, set by whoever runs
+//!   the call (the server's call limits), becomes its statements' timeout,
+//! - the embedded migrations ([`MIGRATOR`], [`migrate`], [`migrate_when_ready`]),
+//! - waiting for the database at start ([`waiting`]),
+//! - telling an outage from a bug ([`is_unavailable`], [`is_deadline`], [`violated_constraint`]),
+//! - its settings ([`DbConfig`]), and the environment parsing every part's settings use ([`env`]),
+//!   kept here because this is the crate everything else builds on.
+//!
+//! It knows nothing of gRPC; `todo_shared::database` is this crate.
+
+#![warn(missing_docs)]
 
 mod classify;
 pub mod config;
+pub mod env;
 pub mod deadline;
 mod handle;
 pub mod waiting;
@@ -19,7 +32,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::time::Duration;
 
 /// Every migration in `migrations/`, embedded at compile time so the binaries carry them.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 /// Builds the pool without connecting: a service starts even while the database is down and
 /// reports NOT_SERVING until it answers.
