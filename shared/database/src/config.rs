@@ -99,20 +99,19 @@ impl fmt::Debug for DbConfig {
     }
 }
 
+/// `url` with its password replaced by `***` and its query and fragment dropped (a query may
+/// carry `password=` or key paths), fit for logs; `<unparsable url>` if it is not a URL.
 fn redact_url(url: &str) -> String {
-    // scheme://user:password@host/... -> scheme://user:***@host/...
-    let Some(scheme_end) = url.find("://") else {
+    let Ok(mut parsed) = url::Url::parse(url) else {
         return "<unparsable url>".into();
     };
-    let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.find('@') else {
-        return url.split('?').next().unwrap_or(url).to_string();
-    };
-    let userinfo = &rest[..at];
-    let user = userinfo.split(':').next().unwrap_or("");
-    let tail = &rest[at..];
-    let tail = tail.split('?').next().unwrap_or(tail);
-    format!("{}://{}:***{}", &url[..scheme_end], user, tail)
+    if parsed.password().is_some() {
+        // Only fails for URLs that cannot have a user (no host), which have no password either.
+        let _ = parsed.set_password(Some("***"));
+    }
+    parsed.set_query(None);
+    parsed.set_fragment(None);
+    parsed.into()
 }
 
 #[cfg(test)]
@@ -123,6 +122,8 @@ mod tests {
     fn redacts_password() {
         assert_eq!(redact_url("postgres://u:secret@h:5432/db?sslmode=require"), "postgres://u:***@h:5432/db");
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact_url("postgresql://u:p%40ss@h/db?password=x#y"), "postgresql://u:***@h/db");
+        assert_eq!(redact_url("not a url"), "<unparsable url>");
     }
 
     #[test]

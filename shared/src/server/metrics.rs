@@ -11,8 +11,6 @@
 //! The call layer (`access_log`) records each call: the method's series are resolved once at
 //! start from the descriptor sets, so a call costs a hash lookup of its path and a few atomics.
 
-use bytes::Bytes;
-use http_body_util::Full;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,7 +20,6 @@ use prometheus_client::registry::Registry;
 use prost::Message;
 use sqlx::PgPool;
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -375,20 +372,6 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
     }
-
-    fn respond<B>(&self, request: &http::Request<B>) -> http::Response<Full<Bytes>> {
-        let (status, content_type, body) = if request.uri().path() != "/metrics" {
-            (http::StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "only /metrics is served here\n".to_string())
-        } else if request.method() != http::Method::GET && request.method() != http::Method::HEAD {
-            (http::StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "use GET\n".to_string())
-        } else {
-            (http::StatusCode::OK, CONTENT_TYPE, self.render())
-        };
-        let mut response = http::Response::new(Full::new(Bytes::from(body)));
-        *response.status_mut() = status;
-        response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
-        response
-    }
 }
 
 /// The services every server answers besides its own.
@@ -410,47 +393,37 @@ pub async fn start(
         TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} (METRICS_ADDR): {e}"))?;
     tracing::info!(addr = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
     let grpc = metrics.grpc.clone();
-    Ok((grpc, Endpoint(spawn_endpoint(listener, Arc::new(metrics)))))
+    Ok((grpc, spawn_endpoint(listener, Arc::new(metrics))))
 }
 
-/// The running `/metrics` endpoint; dropping it stops it, however the server's run ends.
-pub struct Endpoint(tokio::task::JoinHandle<()>);
-
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// The running `/metrics` endpoint; dropping it stops it, however the server's run ends: the
+/// listener closes, idle scrapers' connections close, and a scrape under way is answered first.
+pub struct Endpoint {
+    /// Dropped with the endpoint, which tells the server to stop (graceful shutdown).
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-/// Serves `/metrics` over HTTP/1.1 on `listener` until the returned task is aborted; aborting
-/// it also closes the scrapers' open connections.
-pub fn spawn_endpoint(listener: TcpListener, metrics: Arc<Metrics>) -> tokio::task::JoinHandle<()> {
+/// Serves `GET /metrics` over HTTP/1.1 on `listener` (404 for any other path, 405 for any other
+/// method) until the returned endpoint is dropped.
+fn spawn_endpoint(listener: TcpListener, metrics: Arc<Metrics>) -> Endpoint {
+    let scrape = move || {
+        let metrics = metrics.clone();
+        async move { ([(http::header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render()) }
+    };
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .fallback(|| async { (http::StatusCode::NOT_FOUND, "only /metrics is served here\n") });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            while connections.try_join_next().is_some() {}
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(error = %e, "metrics endpoint: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let metrics = metrics.clone();
-            connections.spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let response = metrics.respond(&request);
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
-                    tracing::debug!(error = %e, "metrics endpoint: connection ended with an error");
-                }
-            });
+        // The sender is never used: its drop is the signal.
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::warn!(error = %e, "metrics endpoint stopped with an error");
         }
-    })
+    });
+    Endpoint { _stop: stop }
 }
 
 #[cfg(test)]
