@@ -5,8 +5,8 @@ use crate::env::{ConfigError, Env, optional};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::time::Duration;
 use uuid::Uuid;
 
 /// Token settings that issuer and verifiers must agree on.
@@ -89,18 +89,33 @@ pub struct TokenVerifier {
     keys: Arc<KeyRing>,
     validation: Validation,
     /// Tokens already verified, by their whole text (a signature alone could be pasted onto
-    /// other claims), until they expire. Ed25519 verification costs tens of microseconds; a
-    /// lookup here costs well under one.
-    verified: RwLock<HashMap<Box<str>, CachedToken>>,
+    /// other claims), each until its own `exp` (plus the leeway). Ed25519 verification costs
+    /// tens of microseconds; a lookup here costs well under one. Bounded by `CACHE_CAPACITY`:
+    /// when full, moka evicts the tokens least likely to be used again (TinyLFU), not all of them.
+    verified: moka::sync::Cache<Box<str>, CachedToken>,
 }
 
+#[derive(Clone)]
 struct CachedToken {
     claims: AccessClaims,
     kid: String,
 }
 
 /// Bounds the cache's memory (a token is about 500 bytes).
-const CACHE_CAPACITY: usize = 20_000;
+const CACHE_CAPACITY: u64 = 20_000;
+
+/// A cached token lives until its `exp` plus the verifier's leeway, measured from when it was
+/// cached (moka keeps time with `Instant`, the claims with Unix seconds).
+struct UntilExpiry {
+    leeway: i64,
+}
+
+impl moka::Expiry<Box<str>, CachedToken> for UntilExpiry {
+    fn expire_after_create(&self, _: &Box<str>, token: &CachedToken, _: std::time::Instant) -> Option<Duration> {
+        let left = token.claims.exp + self.leeway - chrono::Utc::now().timestamp();
+        Some(Duration::from_secs(left.max(0).unsigned_abs()))
+    }
+}
 
 impl TokenVerifier {
     /// A verifier of tokens signed by a key in `keys`, for `config`'s issuer and audience, with a
@@ -114,7 +129,11 @@ impl TokenVerifier {
         // Small: instances share one clock source in practice, and a token must not outlive
         // its stated lifetime by much.
         validation.leeway = 5;
-        Self { keys, validation, verified: RwLock::new(HashMap::new()) }
+        let verified = moka::sync::Cache::builder()
+            .max_capacity(CACHE_CAPACITY)
+            .expire_after(UntilExpiry { leeway: validation.leeway as i64 })
+            .build();
+        Self { keys, validation, verified }
     }
 
     /// The key ring it verifies with.
@@ -136,29 +155,20 @@ impl TokenVerifier {
             return Ok(hit);
         }
         let (claims, kid) = self.verify_signature(token).await?;
-        self.remember(token, &claims, kid.clone(), now);
+        self.remember(token, &claims, kid.clone());
         Ok((claims, kid))
     }
 
     /// A cached verification, if the token has not expired since and its key still verifies.
     fn cached(&self, token: &str, now: i64) -> Option<(AccessClaims, String)> {
-        let cache = self.verified.read().expect("token cache lock is never poisoned: no panics inside");
-        let hit = cache.get(token)?;
+        let hit = self.verified.get(token)?;
+        // Also checked here, in the claims' own clock: the rule must not rest on the cache's.
         let fresh = hit.claims.exp >= now - self.validation.leeway as i64;
-        (fresh && self.keys.is_usable(&hit.kid)).then(|| (hit.claims.clone(), hit.kid.clone()))
+        (fresh && self.keys.is_usable(&hit.kid)).then_some((hit.claims, hit.kid))
     }
 
-    fn remember(&self, token: &str, claims: &AccessClaims, kid: String, now: i64) {
-        let mut cache = self.verified.write().expect("token cache lock is never poisoned: no panics inside");
-        if cache.len() >= CACHE_CAPACITY {
-            let leeway = self.validation.leeway as i64;
-            cache.retain(|_, hit| hit.claims.exp >= now - leeway);
-            if cache.len() >= CACHE_CAPACITY {
-                // Still full of live tokens: start over rather than grow.
-                cache.clear();
-            }
-        }
-        cache.insert(token.into(), CachedToken { claims: claims.clone(), kid });
+    fn remember(&self, token: &str, claims: &AccessClaims, kid: String) {
+        self.verified.insert(token.into(), CachedToken { claims: claims.clone(), kid });
     }
 
     async fn verify_signature(&self, token: &str) -> Result<(AccessClaims, String), TokenError> {
@@ -226,7 +236,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_cache_holds_at_most_its_capacity_and_drops_expired_tokens_first() {
+    async fn the_cache_holds_at_most_its_capacity_and_lets_expired_tokens_go() {
         let verifier = verifier();
         let now = chrono::Utc::now().timestamp();
         let claims = |exp: i64| AccessClaims {
@@ -238,19 +248,29 @@ mod tests {
             exp,
             jti: Uuid::nil(),
         };
-        let size = || verifier.verified.read().expect("not poisoned").len();
-        // Full of expired tokens: the next one makes room by dropping them, not the live ones.
-        for n in 0..CACHE_CAPACITY - 1 {
-            verifier.remember(&format!("expired {n}"), &claims(now - 600), KID.into(), now);
+        // moka counts after its pending work is done.
+        let size = || {
+            verifier.verified.run_pending_tasks();
+            verifier.verified.entry_count()
+        };
+        // Full of expired tokens: none is served, and they leave on their own (moka's timer
+        // wheel turns about once a second), making room for live ones.
+        for n in 0..CACHE_CAPACITY {
+            verifier.remember(&format!("expired {n}"), &claims(now - 600), KID.into());
         }
-        verifier.remember("live", &claims(now + 600), KID.into(), now);
-        verifier.remember("one more", &claims(now + 600), KID.into(), now);
-        assert_eq!(size(), 2, "the expired tokens made room");
+        assert!(verifier.cached("expired 0", now).is_none(), "an expired token is never served");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while size() > 0 {
+            assert!(std::time::Instant::now() < deadline, "{} expired tokens still held after 10 s", size());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        verifier.remember("live", &claims(now + 600), KID.into());
+        assert!(verifier.cached("live", now).is_some(), "a live token is served from the cache");
         // Full of live tokens: it never grows past its capacity.
-        for n in 0..CACHE_CAPACITY + 10 {
-            verifier.remember(&format!("live {n}"), &claims(now + 600), KID.into(), now);
-            assert!(size() <= CACHE_CAPACITY);
+        for n in 0..CACHE_CAPACITY + 1_000 {
+            verifier.remember(&format!("live {n}"), &claims(now + 600), KID.into());
         }
+        assert!(size() <= CACHE_CAPACITY, "{} entries", size());
     }
 
     proptest! {
