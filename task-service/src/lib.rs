@@ -8,6 +8,7 @@
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod opaque_token;
 pub mod page_token;
 pub mod service;
 pub mod store;

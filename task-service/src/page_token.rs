@@ -7,75 +7,74 @@
 //! tasks.
 
 use crate::domain::OrderBy;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use crate::opaque_token::{OpenError, TokenFrame};
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-const VERSION: u8 = 1;
-const LEN: usize = 1 + 8 + 8 + 4;
+/// Page tokens: version 1, the cursor's time (microseconds since the Unix epoch) and id, both
+/// big-endian, in 12 bytes.
+const FRAME: TokenFrame = TokenFrame { version: 1, kind: "todo.task.v1.ListTasks/v1" };
 
 /// What a page token binds to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueryKey {
+    /// The caller.
     pub user_id: Uuid,
+    /// The `completed` filter of the request.
     pub completed: Option<bool>,
+    /// The request's `order_by`.
     pub order: OrderBy,
 }
 
 impl QueryKey {
-    fn fingerprint(&self) -> [u8; 8] {
-        let mut hasher = Sha256::new();
-        hasher.update(b"todo.task.v1.ListTasks/v1");
-        hasher.update(self.user_id.as_bytes());
-        hasher.update([match self.completed {
+    /// The `completed` filter as one byte: none 0, false 1, true 2.
+    fn completed_code(&self) -> u8 {
+        match self.completed {
             None => 0,
             Some(false) => 1,
             Some(true) => 2,
-        }]);
-        hasher.update([self.order.code()]);
-        hasher.finalize()[..8].try_into().expect("a SHA-256 digest has at least 8 bytes")
+        }
     }
 }
 
 /// The position after which the next page starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
+    /// The last row's sort time (create or update time, as ordered).
     pub time: DateTime<Utc>,
+    /// The last row's id, which breaks ties between equal times.
     pub id: i32,
 }
 
+/// Why a page token was refused; its `Display` completes "page_token ...".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PageTokenError {
+    /// Not a page token of this service.
     #[error("is not a valid page token")]
     Malformed,
+    /// A page token of another user, filter or order.
     #[error("belongs to another query; pass the same filter and order_by as the previous page")]
     OtherQuery,
 }
 
+/// The page token that resumes `key`'s listing after `cursor`.
 pub fn encode(key: &QueryKey, cursor: Cursor) -> String {
-    let mut bytes = Vec::with_capacity(LEN);
-    bytes.push(VERSION);
-    bytes.extend_from_slice(&key.fingerprint());
-    bytes.extend_from_slice(&cursor.time.timestamp_micros().to_be_bytes());
-    bytes.extend_from_slice(&cursor.id.to_be_bytes());
-    URL_SAFE_NO_PAD.encode(bytes)
+    let mut payload = [0u8; 12];
+    payload[..8].copy_from_slice(&cursor.time.timestamp_micros().to_be_bytes());
+    payload[8..].copy_from_slice(&cursor.id.to_be_bytes());
+    FRAME.seal(&[key.user_id.as_bytes(), &[key.completed_code()], &[key.order.code()]], payload)
 }
 
+/// The cursor `token` stands for, if it was made for `key`.
 pub fn decode(key: &QueryKey, token: &str) -> Result<Cursor, PageTokenError> {
-    if token.len() > 64 {
-        return Err(PageTokenError::Malformed);
-    }
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| PageTokenError::Malformed)?;
-    if bytes.len() != LEN || bytes[0] != VERSION {
-        return Err(PageTokenError::Malformed);
-    }
-    if bytes[1..9] != key.fingerprint() {
-        return Err(PageTokenError::OtherQuery);
-    }
-    let micros = i64::from_be_bytes(bytes[9..17].try_into().expect("slice of 8"));
-    let id = i32::from_be_bytes(bytes[17..21].try_into().expect("slice of 4"));
+    let payload: [u8; 12] = FRAME
+        .open(&[key.user_id.as_bytes(), &[key.completed_code()], &[key.order.code()]], token)
+        .map_err(|e| match e {
+            OpenError::Malformed => PageTokenError::Malformed,
+            OpenError::OtherBinding => PageTokenError::OtherQuery,
+        })?;
+    let micros = i64::from_be_bytes(payload[..8].try_into().expect("slice of 8"));
+    let id = i32::from_be_bytes(payload[8..].try_into().expect("slice of 4"));
     // Only times PostgreSQL can compare with (and any real row has): years 1 to 9999.
     const YEAR_1: i64 = -62_135_596_800_000_000;
     const YEAR_10000: i64 = 253_402_300_800_000_000;
@@ -89,6 +88,11 @@ pub fn decode(key: &QueryKey, token: &str) -> Result<Cursor, PageTokenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    /// A page token's length in bytes: version, fingerprint, payload.
+    const LEN: usize = 1 + 8 + 12;
 
     fn key() -> QueryKey {
         QueryKey { user_id: Uuid::from_u128(1), completed: None, order: OrderBy::CreateTimeDesc }

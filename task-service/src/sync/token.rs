@@ -2,13 +2,11 @@
 //! the client has), bound to the caller by a fingerprint of the user id, like page tokens. It
 //! needs no secret: the feed is always read with the verified caller's user_id.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sha2::{Digest, Sha256};
+use crate::opaque_token::{OpenError, TokenFrame};
 use uuid::Uuid;
 
-const VERSION: u8 = 2;
-const LEN: usize = 1 + 8 + 8 + 8;
+/// Sync tokens: version 2, `seq` and `floor` big-endian, in 16 bytes.
+const FRAME: TokenFrame = TokenFrame { version: 2, kind: "todo.task.v1.SyncTasks/v1" };
 
 /// Where a client stands in its feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -19,28 +17,23 @@ pub struct SyncPosition {
     pub floor: i64,
 }
 
+/// Why a sync token was refused; its `Display` completes "sync_token ...".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SyncTokenError {
+    /// Not a sync token of this service.
     #[error("is not a sync token of this service")]
     Malformed,
+    /// Another user's sync token.
     #[error("belongs to another user")]
     OtherUser,
 }
 
-fn fingerprint(user_id: Uuid) -> [u8; 8] {
-    let mut hasher = Sha256::new();
-    hasher.update(b"todo.task.v1.SyncTasks/v1");
-    hasher.update(user_id.as_bytes());
-    hasher.finalize()[..8].try_into().expect("a SHA-256 digest has at least 8 bytes")
-}
-
+/// The sync token for `user_id` standing at `position`.
 pub fn encode(user_id: Uuid, position: SyncPosition) -> String {
-    let mut bytes = Vec::with_capacity(LEN);
-    bytes.push(VERSION);
-    bytes.extend_from_slice(&fingerprint(user_id));
-    bytes.extend_from_slice(&position.seq.to_be_bytes());
-    bytes.extend_from_slice(&position.floor.to_be_bytes());
-    URL_SAFE_NO_PAD.encode(bytes)
+    let mut payload = [0u8; 16];
+    payload[..8].copy_from_slice(&position.seq.to_be_bytes());
+    payload[8..].copy_from_slice(&position.floor.to_be_bytes());
+    FRAME.seal(&[user_id.as_bytes()], payload)
 }
 
 /// The position a token stands for; None for "" (the start of the feed).
@@ -48,18 +41,12 @@ pub fn decode(user_id: Uuid, token: &str) -> Result<Option<SyncPosition>, SyncTo
     if token.is_empty() {
         return Ok(None);
     }
-    if token.len() > 64 {
-        return Err(SyncTokenError::Malformed);
-    }
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| SyncTokenError::Malformed)?;
-    if bytes.len() != LEN || bytes[0] != VERSION {
-        return Err(SyncTokenError::Malformed);
-    }
-    if bytes[1..9] != fingerprint(user_id) {
-        return Err(SyncTokenError::OtherUser);
-    }
-    let seq = i64::from_be_bytes(bytes[9..17].try_into().expect("slice of 8"));
-    let floor = i64::from_be_bytes(bytes[17..25].try_into().expect("slice of 8"));
+    let payload: [u8; 16] = FRAME.open(&[user_id.as_bytes()], token).map_err(|e| match e {
+        OpenError::Malformed => SyncTokenError::Malformed,
+        OpenError::OtherBinding => SyncTokenError::OtherUser,
+    })?;
+    let seq = i64::from_be_bytes(payload[..8].try_into().expect("slice of 8"));
+    let floor = i64::from_be_bytes(payload[8..].try_into().expect("slice of 8"));
     if seq < 0 || floor < 0 {
         return Err(SyncTokenError::Malformed);
     }
@@ -69,6 +56,8 @@ pub fn decode(user_id: Uuid, token: &str) -> Result<Option<SyncPosition>, SyncTo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     #[test]
     fn round_trips_and_is_bound_to_the_user() {
