@@ -3,12 +3,12 @@
 
 use crate::access::caller::{Authenticator, Caller};
 use crate::access::token::TokenError;
-use std::future::Future;
-use std::pin::Pin;
+use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::Status;
 use tonic::server::NamedService;
+use tower_http::auth::{AsyncAuthorizeRequest, AsyncRequireAuthorization};
 
 /// The caller that `RequireCaller` established for this request; UNAUTHENTICATED (MISSING_TOKEN)
 /// in `domain` if the service was mounted without the layer, rather than serve.
@@ -17,18 +17,16 @@ pub fn caller_of<T>(request: &tonic::Request<T>, domain: &str) -> Result<Caller,
 }
 
 /// Wraps a gRPC service so that every call carries a verified `Caller`, or is refused with
-/// UNAUTHENTICATED before the handler runs.
+/// UNAUTHENTICATED before the handler runs: tower-http's `AsyncRequireAuthorization` with
+/// `VerifyBearer`, plus the service's name, which tonic's router needs and tower-http's
+/// wrapper does not carry.
 #[derive(Clone)]
-pub struct RequireCaller<S> {
-    inner: S,
-    authenticator: Arc<Authenticator>,
-    domain: &'static str,
-}
+pub struct RequireCaller<S>(AsyncRequireAuthorization<S, VerifyBearer>);
 
 impl<S> RequireCaller<S> {
     /// `inner` behind `authenticator`; refusals carry ErrorInfo `domain`.
     pub fn new(inner: S, authenticator: Arc<Authenticator>, domain: &'static str) -> Self {
-        Self { inner, authenticator, domain }
+        Self(AsyncRequireAuthorization::new(inner, VerifyBearer { authenticator, domain }))
     }
 }
 
@@ -38,22 +36,36 @@ impl<S: NamedService> NamedService for RequireCaller<S> {
 
 impl<S, B> tower::Service<http::Request<B>> for RequireCaller<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
+    AsyncRequireAuthorization<S, VerifyBearer>: tower::Service<http::Request<B>>,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Response = <AsyncRequireAuthorization<S, VerifyBearer> as tower::Service<http::Request<B>>>::Response;
+    type Error = <AsyncRequireAuthorization<S, VerifyBearer> as tower::Service<http::Request<B>>>::Error;
+    type Future = <AsyncRequireAuthorization<S, VerifyBearer> as tower::Service<http::Request<B>>>::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        // The clone that was made ready goes into the future; a fresh clone stays behind.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        self.0.call(request)
+    }
+}
+
+/// Checks the request's `authorization: Bearer <token>` with the authenticator: on success the
+/// `Caller` goes into the request's extensions (and its user id into the call's span); otherwise
+/// the answer is UNAUTHENTICATED with the token error's reason.
+#[derive(Clone)]
+pub struct VerifyBearer {
+    authenticator: Arc<Authenticator>,
+    domain: &'static str,
+}
+
+impl<B: Send + 'static> AsyncAuthorizeRequest<B> for VerifyBearer {
+    type RequestBody = B;
+    type ResponseBody = tonic::body::Body;
+    type Future = BoxFuture<'static, Result<http::Request<B>, http::Response<tonic::body::Body>>>;
+
+    fn authorize(&mut self, mut request: http::Request<B>) -> Self::Future {
         let authenticator = self.authenticator.clone();
         let domain = self.domain;
         Box::pin(async move {
@@ -63,9 +75,9 @@ where
                 Ok(caller) => {
                     tracing::Span::current().record("user_id", tracing::field::display(caller.user_id));
                     request.extensions_mut().insert(caller);
-                    inner.call(request).await
+                    Ok(request)
                 }
-                Err(e) => Ok(super::status::token_error(domain, e).into_http()),
+                Err(e) => Err(super::status::token_error(domain, e).into_http()),
             }
         })
     }
