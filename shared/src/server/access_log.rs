@@ -8,6 +8,14 @@
 //! The call runs inside a span `call` with `method` and `request_id` (and `user_id`, recorded
 //! once the token is verified), so every line logged during the call, deep in a store function
 //! too, can be tied to it.
+//!
+//! Kept our own rather than tower-http's `SetRequestId`/`PropagateRequestId` and `TraceLayer`:
+//! - tower-http keeps a client's `x-request-id` whatever it holds; we replace one unfit for a log
+//!   line (over 128 bytes, or not visible ASCII), which would take a layer of our own anyway;
+//! - the log line, the metrics and the in-flight count all need the call's start, its gRPC code
+//!   (in the headers for an error, in the trailers for a stream) and its end. Here that is read
+//!   once, in one boxed future per call; as three layers it would be three futures, and the code
+//!   would be classified twice (`TraceLayer`'s classifier, then the metrics).
 
 use crate::server::in_flight::InFlight;
 use crate::server::metrics::{CountedBody, GrpcMetrics, StreamEnd, grpc_status};
