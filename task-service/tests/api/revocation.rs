@@ -1,6 +1,6 @@
 //! Revocation reaches task-service within a second, also after its listener lost the connection.
 
-use crate::token_minting::{TestKey, good_claims, live_session};
+use crate::token_minting::{TestKey, user_with_test_key};
 use std::time::{Duration, Instant};
 use testkit::{PASSWORD, TestApp, assert_error, authed, refused_within};
 use todo_proto::auth::v1::*;
@@ -138,17 +138,14 @@ async fn a_lost_listener_connection_falls_back_to_the_database_and_reloads() {
 async fn keys_rotate_without_restarting_task_service() {
     let app = TestApp::spawn().await;
     wait_until_live(&app).await;
-    let (user, _) = app.sign_up("g@example.com").await;
-    let sid = live_session(&app.db.pool, &user.id).await;
-    let old = TestKey::new("old-key");
-    old.register(&app.db.pool).await;
-    let old_token = old.sign_claims(&good_claims(&user.id, sid));
+    let user = user_with_test_key(&app, "g@example.com", "old-key").await;
+    let old_token = user.token();
     app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &old_token)).await.unwrap();
 
     // A new key is introduced and signs; both verify.
     let new = TestKey::new("new-key");
     new.register(&app.db.pool).await;
-    let new_token = new.sign_claims(&good_claims(&user.id, sid));
+    let new_token = new.sign_claims(&user.claims());
     app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &new_token)).await.unwrap();
     app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &old_token)).await.unwrap();
 
@@ -285,15 +282,12 @@ async fn with_the_listener_live_no_call_reads_the_sessions_table() {
 async fn a_verified_token_is_accepted_from_the_cache_only_until_it_expires() {
     let app = TestApp::spawn().await;
     wait_until_live(&app).await;
-    let (user, _) = app.sign_up("brief@example.com").await;
-    let sid = live_session(&app.db.pool, &user.id).await;
-    let key = TestKey::new("brief-key");
-    key.register(&app.db.pool).await;
+    let user = user_with_test_key(&app, "brief@example.com", "brief-key").await;
     // Expired a second ago: still inside the verifier's 5 s leeway, so accepted, and cached, now;
     // some four seconds on it is past even the leeway.
-    let mut claims = good_claims(&user.id, sid);
+    let mut claims = user.claims();
     claims["exp"] = serde_json::json!(chrono::Utc::now().timestamp() - 1);
-    let token = key.sign_claims(&claims);
+    let token = user.key.sign_claims(&claims);
     app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &token)).await.expect("inside the leeway");
     let request = WatchTasksRequest { sync_token: String::new() };
     let mut stream =
@@ -315,11 +309,8 @@ async fn a_key_retired_for_later_verifies_until_then_and_stops_within_a_second_a
     // `auth-service retire-key <kid> 900`: the key's tokens keep working until the time given.
     let app = TestApp::spawn().await;
     wait_until_live(&app).await;
-    let (user, _) = app.sign_up("later@example.com").await;
-    let sid = live_session(&app.db.pool, &user.id).await;
-    let key = TestKey::new("leaving-key");
-    key.register(&app.db.pool).await;
-    let cached = key.sign_claims(&good_claims(&user.id, sid));
+    let user = user_with_test_key(&app, "later@example.com", "leaving-key").await;
+    let cached = user.token();
     app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &cached)).await.unwrap();
     let jwks = || async {
         let keys = app.auth.clone().get_jwks(GetJwksRequest {}).await.unwrap().into_inner().keys;
@@ -335,7 +326,7 @@ async fn a_key_retired_for_later_verifies_until_then_and_stops_within_a_second_a
     // Until then: the cached token, and tokens never seen before, verify; GetJwks lists the key.
     // (Checked until 3 s before the time: a round of checks on a loaded machine may take long.)
     while Instant::now() + Duration::from_secs(3) < until {
-        let fresh = key.sign_claims(&good_claims(&user.id, sid));
+        let fresh = user.token();
         for token in [&cached, &fresh] {
             let listed = app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), token)).await;
             listed.expect("a key retired for later still verifies before its time");

@@ -49,6 +49,35 @@ impl TestKey {
     }
 }
 
+/// A user who signed up, a live session of theirs, and a registered test key: what a test needs
+/// to mint the tokens auth-service would issue, and variations on them.
+pub struct MintingUser {
+    pub user_id: String,
+    pub session_id: uuid::Uuid,
+    pub key: TestKey,
+}
+
+impl MintingUser {
+    /// Claims auth-service would issue for this user's session, valid for a minute.
+    pub fn claims(&self) -> Value {
+        good_claims(&self.user_id, self.session_id)
+    }
+
+    /// A token auth-service would issue, signed with the test key.
+    pub fn token(&self) -> String {
+        self.key.sign_claims(&self.claims())
+    }
+}
+
+/// Signs `email` up, opens a live session for them and registers a test key named `kid`.
+pub async fn user_with_test_key(app: &testkit::TestApp, email: &str, kid: &str) -> MintingUser {
+    let (user, _) = app.sign_up(email).await;
+    let session_id = live_session(&app.db.pool, &user.id).await;
+    let key = TestKey::new(kid);
+    key.register(&app.db.pool).await;
+    MintingUser { user_id: user.id, session_id, key }
+}
+
 /// A live session of `user_id`, as auth-service would have opened it.
 pub async fn live_session(pool: &sqlx::PgPool, user_id: &str) -> uuid::Uuid {
     sqlx::query_scalar("INSERT INTO sessions (user_id) VALUES ($1::uuid) RETURNING id")
