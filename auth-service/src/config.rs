@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use todo_shared::access::TokenConfig;
-use todo_shared::env::{ConfigError, Env, optional, parse_or, seconds, socket_addr};
 use todo_shared::database::DbConfig;
+use todo_shared::env::{ConfigError, Env, optional, parse_or, seconds, socket_addr};
 use todo_shared::server::endpoint::{EndpointConfig, drain_timeout};
 use todo_shared::server::grpc_web::CorsOrigins;
 

@@ -4,8 +4,8 @@ use crate::sync::watch::WatchSettings;
 use std::net::SocketAddr;
 use std::time::Duration;
 use todo_shared::access::TokenConfig;
-use todo_shared::env::{ConfigError, Env, parse_or, seconds, socket_addr};
 use todo_shared::database::DbConfig;
+use todo_shared::env::{ConfigError, Env, parse_or, seconds, socket_addr};
 use todo_shared::server::endpoint::{EndpointConfig, drain_timeout};
 use todo_shared::server::grpc_web::CorsOrigins;
 

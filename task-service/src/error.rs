@@ -1,7 +1,6 @@
 //! The errors of task-service, its RPCs and its streams alike, and the one place that turns
 //! them into gRPC statuses (code, ErrorInfo reason in `todo.task`, BadRequest for fields).
 
-use crate::sync::watch::WatchSettings;
 use todo_shared::access::token::TokenError;
 use todo_shared::server::status::{
     FieldViolation, TASK_DOMAIN, database_error, invalid_argument, token_error, with_reason,
@@ -35,10 +34,15 @@ pub enum TaskError {
     /// The server is stopping: a stream ends with UNAVAILABLE `SHUTTING_DOWN`.
     #[error("shutting down")]
     ShuttingDown,
-    /// A stream's reader fell `buffer` events behind for `slow_reader`: RESOURCE_EXHAUSTED
+    /// A stream's reader fell `buffer` events behind for `waited`: RESOURCE_EXHAUSTED
     /// `SLOW_READER`.
     #[error("slow reader")]
-    SlowReader(WatchSettings),
+    SlowReader {
+        /// Events the stream held for the reader (`WATCH_BUFFER_EVENTS`).
+        buffer: usize,
+        /// How long the buffer stayed full.
+        waited: std::time::Duration,
+    },
     /// The database failed: UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED past the
     /// call's deadline, else INTERNAL (constraint violations of a deleted account or a CHECK
     /// are mapped to what they mean).
@@ -89,13 +93,13 @@ impl From<TaskError> for Status {
                 "SHUTTING_DOWN",
                 "the server is stopping; watch again with the last sync_token",
             ),
-            TaskError::SlowReader(settings) => with_reason(
+            TaskError::SlowReader { buffer, waited } => with_reason(
                 Code::ResourceExhausted,
                 TASK_DOMAIN,
                 "SLOW_READER",
                 format!(
                     "the stream was {} events ahead of the reader for {:?}; watch again with the last sync_token",
-                    settings.buffer, settings.slow_reader
+                    buffer, waited
                 ),
             ),
             TaskError::Db(e) => match todo_shared::database::violated_constraint(&e) {

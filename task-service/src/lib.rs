@@ -13,6 +13,7 @@ pub mod page_token;
 pub mod service;
 pub mod store;
 pub mod sync;
+pub mod task_message;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -4,18 +4,18 @@
 use crate::domain::{Description, Etag, OrderBy, RequestId, TaskId, Title, page_size};
 use crate::error::TaskError;
 use crate::page_token::{self, Cursor, PageTokenError, QueryKey};
-use crate::store::{self, Patch, TaskRow, Written};
+use crate::store::{self, Patch, Written};
 use crate::sync::hub::Hub;
 use crate::sync::token::SyncPosition;
 use crate::sync::watch::{Events, WatchSettings, Watcher};
 use crate::sync::{change_of, check_position, feed};
+use crate::task_message::task_message;
 use std::sync::Arc;
 use todo_proto::task::v1::task_service_server::TaskService;
 use todo_proto::task::v1::*;
 use todo_shared::Caller;
 use todo_shared::access::caller::Authenticator;
 use todo_shared::database::Db;
-use todo_shared::server::proto_time::optional_timestamp;
 use todo_shared::server::require_caller::caller_of;
 use todo_shared::server::status::{FieldViolation, TASK_DOMAIN, all_valid};
 use tonic::{Request, Response, Status};
@@ -25,19 +25,6 @@ pub struct TaskApi {
     pub(crate) authenticator: Arc<Authenticator>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) watch: WatchSettings,
-}
-
-pub(crate) fn task_message(row: TaskRow) -> Task {
-    Task {
-        id: row.id.into(),
-        user_id: row.user_id.to_string(),
-        title: row.title,
-        description: row.description,
-        completed: row.completed,
-        create_time: optional_timestamp(row.created_at),
-        update_time: optional_timestamp(row.updated_at),
-        etag: Etag::format(row.version),
-    }
 }
 
 fn written<T>(outcome: Written<T>) -> Result<T, TaskError> {

@@ -16,8 +16,8 @@
 
 mod classify;
 pub mod config;
-pub mod env;
 pub mod deadline;
+pub mod env;
 mod handle;
 pub mod waiting;
 

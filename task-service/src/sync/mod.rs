@@ -14,7 +14,7 @@ pub mod token;
 pub mod watch;
 
 use crate::error::TaskError;
-use crate::service::task_message;
+use crate::task_message::task_message;
 use feed::{Change, Position};
 use todo_proto::task::v1::{ChangeType, Task};
 use token::SyncPosition;

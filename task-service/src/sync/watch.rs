@@ -151,7 +151,10 @@ impl Watcher {
                         sent = send => match sent {
                             Ok(Ok(())) => {}
                             Ok(Err(_)) => return Ok(false),
-                            Err(_) => return Err(TaskError::SlowReader(self.settings)),
+                            Err(_) => {
+                                let WatchSettings { buffer, slow_reader: waited } = self.settings;
+                                return Err(TaskError::SlowReader { buffer, waited });
+                            }
                         },
                         _ = closing.wait_for(|closing| *closing) => return Err(TaskError::ShuttingDown),
                     }
