@@ -22,7 +22,6 @@ pub struct AuthConfig {
     pub drain_timeout: Duration,
     /// PEM (PKCS#8) Ed25519 private key; None means a fresh key per start (development).
     pub signing_key_file: Option<PathBuf>,
-    pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
     /// How long a spent refresh token may still be exchanged, for concurrent refreshes.
     pub refresh_reuse_grace: Duration,
@@ -52,7 +51,6 @@ impl AuthConfig {
             token: TokenConfig::from_env(env)?,
             drain_timeout: drain_timeout(env)?,
             signing_key_file,
-            access_token_ttl: seconds(env, "ACCESS_TOKEN_TTL_SECONDS", 900, 5..=86_400)?,
             refresh_token_ttl: seconds(env, "REFRESH_TOKEN_TTL_SECONDS", 30 * 86_400, 60..=365 * 86_400)?,
             refresh_reuse_grace: seconds(env, "REFRESH_REUSE_GRACE_SECONDS", 5, 0..=60)?,
             bcrypt_cost,
@@ -84,7 +82,7 @@ mod tests {
         let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db")];
         let c = AuthConfig::from_env(&env).unwrap();
         assert_eq!(c.addr.to_string(), "127.0.0.1:50051");
-        assert_eq!(c.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(c.token.access_token_ttl, Duration::from_secs(900));
         assert_eq!(c.refresh_token_ttl, Duration::from_secs(30 * 86_400));
         assert_eq!(c.bcrypt_cost, 12);
         assert_eq!(c.refresh_reuse_grace, Duration::from_secs(5));

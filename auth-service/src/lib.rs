@@ -46,7 +46,7 @@ pub async fn serve(
     };
 
     let ephemeral = key.ephemeral;
-    let issuer = Arc::new(tokens::TokenIssuer::new(key, config.token.clone(), config.access_token_ttl));
+    let issuer = Arc::new(tokens::TokenIssuer::new(key, config.token.clone(), config.token.access_token_ttl));
     let keyring = Arc::new(KeyRing::new(pool.clone()));
     let hasher = passwords::PasswordHasher::new(config.bcrypt_cost).await?;
     let extras = todo_shared::server::serve::ServeExtras {
@@ -94,7 +94,7 @@ pub async fn serve(
 
     if ephemeral {
         // Nobody will sign with this key again; it verifies until its last token expires.
-        if let Err(e) = issuer.key().retire_after(&pool, config.access_token_ttl).await {
+        if let Err(e) = issuer.key().retire_after(&pool, config.token.access_token_ttl).await {
             tracing::warn!(error = %e, "could not schedule the retirement of the signing key");
         }
     }

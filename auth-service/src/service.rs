@@ -145,6 +145,14 @@ impl AuthApi {
         self.check_password(&keys, password.expose(), credentials.as_ref().map(|c| c.password_hash.as_str())).await?;
         let credentials = credentials.ok_or(AuthError::InvalidCredentials)?;
         let mut tx = self.pool.begin().await?;
+        // The hash was checked outside any transaction, a bcrypt's time ago: if a password change
+        // (or a deletion) committed meanwhile, the old password must not open a session that the
+        // change's revocation has already missed. The share lock makes a change in flight finish
+        // first, and keeps the next one waiting until this session exists for it to revoke. A
+        // hash upgraded by a concurrent login refuses this one too: rare, and a retry succeeds.
+        if store::lock_password_hash(&mut tx, credentials.id).await?.as_deref() != Some(&credentials.password_hash) {
+            return Err(AuthError::InvalidCredentials);
+        }
         let tokens = self.open_session(&mut tx, credentials.id).await?;
         tx.commit().await?;
         self.upgrade_hash_if_needed(credentials.id, &credentials.password_hash, password.expose());

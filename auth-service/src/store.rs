@@ -158,6 +158,16 @@ pub struct RefreshTokenState {
     pub now: DateTime<Utc>,
 }
 
+/// The account's password hash now, share-locked until `tx` ends: a password change in flight
+/// commits first, and none can commit before `tx` does. None if the account is gone.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn lock_password_hash(tx: &mut Tx, user_id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1 FOR SHARE")
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await
+}
+
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn lock_refresh_token(tx: &mut Tx, hash: &[u8; 32]) -> Result<Option<RefreshTokenState>, sqlx::Error> {
     sqlx::query_as(
@@ -329,6 +339,8 @@ pub async fn prune_sessions(db: impl PgExecutor<'_>, keep_revoked: std::time::Du
     sqlx::query(
         "WITH expired AS (
              DELETE FROM refresh_tokens WHERE expires_at < now() - interval '1 day'
+         ), forgotten AS (
+             DELETE FROM session_deletions WHERE deleted_at < now() - make_interval(secs => $1)
          )
          DELETE FROM sessions s
          WHERE s.revoked_at < now() - make_interval(secs => $1)

@@ -34,9 +34,11 @@ pub struct AttemptKeys {
 
 impl AttemptKeys {
     /// `email` as normalised for lookup; IPv6 clients are counted by their /64, which is what
-    /// one subscriber usually holds.
+    /// one subscriber usually holds. An IPv4 client reaching a dual-stack listener (`[::]`)
+    /// arrives as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, RFC 4291 2.5.5.2): it is counted
+    /// by its IPv4 address, not with every other IPv4 client in `::/64`.
     pub fn new(email: &str, address: Option<IpAddr>) -> Self {
-        let address = address.map(|ip| match ip {
+        let address = address.map(|ip| match ip.to_canonical() {
             IpAddr::V4(v4) => format!("address:{v4}"),
             IpAddr::V6(v6) => {
                 let s = v6.segments();
@@ -94,5 +96,8 @@ mod tests {
         assert_eq!(address_key("192.0.2.7").as_deref(), Some("address:192.0.2.7"));
         assert_ne!(address_key("192.0.2.8"), address_key("192.0.2.7"));
         assert_eq!(AttemptKeys::new("a@example.com", None).address, None);
+        // IPv4 clients of a dual-stack listener: each by its own IPv4 address.
+        assert_eq!(address_key("::ffff:192.0.2.7").as_deref(), Some("address:192.0.2.7"));
+        assert_ne!(address_key("::ffff:192.0.2.8"), address_key("::ffff:192.0.2.7"));
     }
 }

@@ -16,7 +16,11 @@ use todo_shared::access::token::{AccessClaims, TokenVerifier};
 fn token_verification(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     let key = SigningKey::from_bytes(&[42u8; 32]);
-    let config = TokenConfig { issuer: "todo-auth".into(), audience: "todo".into() };
+    let config = TokenConfig {
+        issuer: "todo-auth".into(),
+        audience: "todo".into(),
+        access_token_ttl: std::time::Duration::from_secs(900),
+    };
     let now = chrono::Utc::now().timestamp();
     let claims = AccessClaims {
         iss: config.issuer.clone(),

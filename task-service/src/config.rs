@@ -4,6 +4,7 @@ use crate::sync::watch::WatchSettings;
 use std::net::SocketAddr;
 use std::time::Duration;
 use todo_shared::access::TokenConfig;
+use todo_shared::access::token::EXP_LEEWAY_SECONDS;
 use todo_shared::database::DbConfig;
 use todo_shared::env::{ConfigError, Env, parse_or, seconds, socket_addr};
 use todo_shared::server::endpoint::{EndpointConfig, drain_timeout};
@@ -34,12 +35,13 @@ pub struct TaskConfig {
 
 impl TaskConfig {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let token = TokenConfig::from_env(env)?;
         Ok(Self {
             addr: socket_addr(env, "TASK_ADDR", DEFAULT_ADDR)?,
             db: DbConfig::from_env(env)?,
-            token: TokenConfig::from_env(env)?,
+            token: token.clone(),
             drain_timeout: drain_timeout(env)?,
-            revocation_window: seconds(env, "REVOCATION_WINDOW_SECONDS", 86_400, 60..=30 * 86_400)?,
+            revocation_window: revocation_window(env, &token)?,
             sync_retention: Duration::from_secs(86_400 * whole(env, "SYNC_RETENTION_DAYS", 45, 1..=3650, "days")?),
             watch: WatchSettings {
                 buffer: whole(env, "WATCH_BUFFER_EVENTS", 256, 1..=65_536, "events")? as usize,
@@ -49,6 +51,27 @@ impl TaskConfig {
             endpoint: EndpointConfig::from_env(env)?,
         })
     }
+}
+
+/// `REVOCATION_WINDOW_SECONDS` (default a day): a revoked session is forgotten after this long,
+/// so it must outlast every access token of the session, which lives up to
+/// `ACCESS_TOKEN_TTL_SECONDS` plus the verifier's leeway after the revocation; a shorter window
+/// is refused, naming both settings.
+fn revocation_window(env: &dyn Env, token: &TokenConfig) -> Result<Duration, ConfigError> {
+    let window = seconds(env, "REVOCATION_WINDOW_SECONDS", 86_400, 60..=30 * 86_400)?;
+    let needed = token.access_token_ttl + Duration::from_secs(EXP_LEEWAY_SECONDS);
+    if window < needed {
+        return Err(ConfigError::new(
+            "REVOCATION_WINDOW_SECONDS",
+            format!(
+                "must be at least ACCESS_TOKEN_TTL_SECONDS + {EXP_LEEWAY_SECONDS} s ({} s): a revoked session's access \
+                 tokens would verify again once it is forgotten, got {}",
+                needed.as_secs(),
+                window.as_secs()
+            ),
+        ));
+    }
+    Ok(window)
 }
 
 /// A whole number of `unit` within `range`.
@@ -89,6 +112,22 @@ mod tests {
             (error.var, error.problem.as_str()),
             ("WATCH_BUFFER_EVENTS", "must be from 1 to 65536 events, got 0")
         );
+        let env: &[(&str, &str)] = &[
+            ("DATABASE_URL", "postgres://h/db"),
+            ("ACCESS_TOKEN_TTL_SECONDS", "3600"),
+            ("REVOCATION_WINDOW_SECONDS", "3604"),
+        ];
+        assert_eq!(
+            TaskConfig::from_env(&env).unwrap_err().to_string(),
+            "REVOCATION_WINDOW_SECONDS: must be at least ACCESS_TOKEN_TTL_SECONDS + 5 s (3605 s): a revoked \
+             session's access tokens would verify again once it is forgotten, got 3604"
+        );
+        let env: &[(&str, &str)] = &[
+            ("DATABASE_URL", "postgres://h/db"),
+            ("ACCESS_TOKEN_TTL_SECONDS", "3600"),
+            ("REVOCATION_WINDOW_SECONDS", "3605"),
+        ];
+        assert_eq!(TaskConfig::from_env(&env).unwrap().revocation_window, Duration::from_secs(3605));
         let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), ("TLS_KEY_FILE", "/etc/hostname")];
         assert_eq!(
             TaskConfig::from_env(&env).unwrap_err().to_string(),

@@ -104,3 +104,36 @@ async fn a_password_is_never_cut_at_login_either() {
     }
     app.auth.clone().login(LoginRequest { email: "max@example.com".into(), password }).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_password_change_during_a_login_wins_over_the_old_password() {
+    // Login checks the hash (a bcrypt's time, ~250 ms) before it opens the session; a password
+    // change that commits in between must not leave the old password with a fresh session. The
+    // change is made here by SQL, held open until the login has reached its transaction.
+    let app = TestApp::spawn().await;
+    let (user, _) = app.sign_up("race@example.com").await;
+    let mut change = app.db.pool.begin().await.unwrap();
+    sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1::uuid")
+        .bind(&user.id)
+        .bind("$2b$12$changedchangedchangedchangedchangedchangedchangedchang")
+        .execute(&mut *change)
+        .await
+        .unwrap();
+    let mut auth = app.auth.clone();
+    let mut login = tokio::spawn(async move {
+        auth.login(LoginRequest { email: "race@example.com".into(), password: PASSWORD.into() }).await
+    });
+    tokio::select! {
+        () = testkit::until_waiting_on_locks(&app.db.pool, 1) => {}
+        finished = &mut login => panic!("the login finished while a password change was in flight: {finished:?}"),
+    }
+    change.commit().await.unwrap();
+    let err = login.await.unwrap().expect_err("the old password lost to the change");
+    assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE user_id = $1::uuid")
+        .bind(&user.id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 1, "only the sign-up's session");
+}

@@ -114,6 +114,47 @@ async fn one_address_is_throttled_across_accounts_at_its_own_higher_limit() {
 }
 
 #[tokio::test]
+async fn ipv4_clients_of_a_dual_stack_listener_are_throttled_each_by_its_own_address() {
+    // On `[::]` an IPv4 client arrives as ::ffff:a.b.c.d; counted by /64, every IPv4 client
+    // would share one counter and one of them could lock the others out.
+    let db = TestDatabase::new().await;
+    let mut config = auth_config(&db);
+    config.throttle.max_failures_per_account = 100;
+    config.throttle.max_failures_per_address = 3;
+    let listener = tokio::net::TcpListener::bind("[::]:0").await.expect("a dual-stack listener");
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(auth_service::serve(listener, config, async move {
+        let _ = stopped.await;
+    }));
+    let from = |source: &'static str| async move {
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .local_address(Some(source.parse().unwrap()))
+            .connect()
+            .await
+            .expect("connecting from another loopback address");
+        AuthServiceClient::new(channel)
+    };
+    let (mut guesser, mut owner) = (from("127.0.0.2").await, from("127.0.0.3").await);
+    sign_up(&mut owner, "owner@example.com").await;
+    for i in 0..3 {
+        let err = login(&mut guesser, &format!("made-up-{i}@example.com"), "guess").await.unwrap_err();
+        assert_error(&err, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    }
+    let err = login(&mut guesser, "owner@example.com", PASSWORD).await.unwrap_err();
+    assert_error(&err, Code::ResourceExhausted, "TOO_MANY_ATTEMPTS");
+    login(&mut owner, "owner@example.com", PASSWORD).await.expect("another IPv4 client is not throttled");
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM login_throttle WHERE key LIKE 'address:%'")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, ["address:127.0.0.2"]);
+    drop(stop);
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn a_throttled_answer_takes_as_long_as_a_wrong_password() {
     let db = TestDatabase::new().await;
     let mut config = auth_config(&db);

@@ -124,6 +124,8 @@ mod tests {
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
         assert_eq!(redact_url("postgresql://u:p%40ss@h/db?password=x#y"), "postgresql://u:***@h/db");
         assert_eq!(redact_url("not a url"), "<unparsable url>");
+        // An unescaped `@` in the password: the userinfo ends at the last `@`, as for the driver.
+        assert_eq!(redact_url("postgres://u:p@ss@host/db"), "postgres://u:***@host/db");
     }
 
     #[test]

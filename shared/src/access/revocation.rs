@@ -1,8 +1,9 @@
 //! Revoked sessions, known to a verifier within moments and at no per-request cost.
 //!
 //! One dedicated connection LISTENs for `session_revoked` (sent by a trigger when a session is
-//! revoked or deleted) and `signing_keys_changed`. Once LISTEN is active, the sessions revoked in
-//! the last `window` are loaded, so nothing falls between the load and the notifications. Ids are
+//! revoked or deleted) and `signing_keys_changed`. Once LISTEN is active, the sessions revoked or
+//! deleted in the last `window` are loaded (a deleted session's id stays in `session_deletions`),
+//! so nothing falls between the load and the notifications, and a reconnect forgets nothing. Ids are
 //! kept for `window`, which must be at least the longest access-token lifetime: after that every
 //! token of the session has expired anyway.
 //!
@@ -181,11 +182,15 @@ impl Revocations {
     }
 
     async fn load(&self) -> Result<(), sqlx::Error> {
-        let ids: Vec<Uuid> =
-            sqlx::query_scalar("SELECT id FROM sessions WHERE revoked_at > now() - make_interval(secs => $1)")
-                .bind(self.window.as_secs_f64())
-                .fetch_all(&self.pool)
-                .await?;
+        // Deleted sessions are revoked too; their ids outlive their rows in session_deletions.
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM sessions WHERE revoked_at > now() - make_interval(secs => $1)
+             UNION ALL
+             SELECT session_id FROM session_deletions WHERE deleted_at > now() - make_interval(secs => $1)",
+        )
+        .bind(self.window.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
         let forget_at = Instant::now() + self.window;
         let mut revoked = self.revoked.write().expect("revocation lock is never poisoned: no panics inside");
         revoked.extend(ids.into_iter().map(|id| (id, forget_at)));

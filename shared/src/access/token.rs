@@ -1,7 +1,7 @@
 //! Access tokens: their claims, and their verification with the algorithm pinned to EdDSA.
 
 use super::keyring::{KeyLookupError, KeyRing};
-use crate::env::{ConfigError, Env, optional};
+use crate::env::{ConfigError, Env, optional, seconds};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::{Deserialize, Serialize};
@@ -16,14 +16,23 @@ pub struct TokenConfig {
     pub issuer: String,
     /// `aud` of access tokens (`TOKEN_AUDIENCE`, default `todo`).
     pub audience: String,
+    /// How long an access token lives (`ACCESS_TOKEN_TTL_SECONDS`, 5 s to a day, default 900):
+    /// auth-service issues tokens for this long; task-service keeps revocations at least this
+    /// long plus [`EXP_LEEWAY_SECONDS`].
+    pub access_token_ttl: std::time::Duration,
 }
 
+/// How far past its `exp` a token is still accepted, in seconds: room for clocks that disagree.
+pub const EXP_LEEWAY_SECONDS: u64 = 5;
+
 impl TokenConfig {
-    /// `TOKEN_ISSUER` and `TOKEN_AUDIENCE`, or their defaults; never fails today.
+    /// `TOKEN_ISSUER`, `TOKEN_AUDIENCE` and `ACCESS_TOKEN_TTL_SECONDS`, or their defaults; an
+    /// error names `ACCESS_TOKEN_TTL_SECONDS` when it is not a whole number of seconds in range.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         Ok(Self {
             issuer: optional(env, "TOKEN_ISSUER").unwrap_or_else(|| "todo-auth".into()),
             audience: optional(env, "TOKEN_AUDIENCE").unwrap_or_else(|| "todo".into()),
+            access_token_ttl: seconds(env, "ACCESS_TOKEN_TTL_SECONDS", 900, 5..=86_400)?,
         })
     }
 }
@@ -128,7 +137,7 @@ impl TokenVerifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         // Small: instances share one clock source in practice, and a token must not outlive
         // its stated lifetime by much.
-        validation.leeway = 5;
+        validation.leeway = EXP_LEEWAY_SECONDS;
         let verified = moka::sync::Cache::builder()
             .max_capacity(CACHE_CAPACITY)
             .expire_after(UntilExpiry { leeway: validation.leeway as i64 })
@@ -212,7 +221,14 @@ mod tests {
     fn verifier() -> TokenVerifier {
         let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a valid URL");
         let keys = KeyRing::loaded_with(pool.into(), &[(KID, signing_key().verifying_key().to_bytes())]);
-        TokenVerifier::new(Arc::new(keys), &TokenConfig { issuer: ISSUER.into(), audience: AUDIENCE.into() })
+        TokenVerifier::new(
+            Arc::new(keys),
+            &TokenConfig {
+                issuer: ISSUER.into(),
+                audience: AUDIENCE.into(),
+                access_token_ttl: Duration::from_secs(900),
+            },
+        )
     }
 
     fn b64(json: &serde_json::Value) -> String {

@@ -135,6 +135,38 @@ async fn a_lost_listener_connection_falls_back_to_the_database_and_reloads() {
 }
 
 #[tokio::test]
+async fn a_deleted_session_stays_refused_after_the_listener_reconnects() {
+    // An operator's DELETE (as DeleteAccount's cascade or housekeeping): the notification is
+    // heard, and the reload after a reconnect must not bring the session back.
+    let app = TestApp::spawn().await;
+    wait_until_live(&app).await;
+    let (user, t) = app.sign_up("deleted@example.com").await;
+    app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), &t.access_token)).await.unwrap();
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1::uuid").bind(&user.id).execute(&app.db.pool).await.unwrap();
+    refused_within_a_second(&app, &t.access_token).await;
+    // A fresh instance knows only what it loads: the deletion must be there to load.
+    let fresh = testkit::spawn_task(testkit::task_config(&app.db)).await;
+    let mut tasks =
+        todo_proto::task::v1::task_service_client::TaskServiceClient::new(testkit::channel(fresh.addr).await);
+    let started = std::time::Instant::now();
+    loop {
+        // Until the fresh instance's listener is live its checks go to the database (which
+        // refuses too); the answer that matters is the one from its loaded list.
+        let err = tasks
+            .list_tasks(authed(ListTasksRequest::default(), &t.access_token))
+            .await
+            .expect_err("a deleted session's token is refused by an instance that started after the deletion");
+        assert_error(&err, Code::Unauthenticated, "SESSION_REVOKED");
+        // The listener is live (LISTEN, then a heartbeat heard) well within 4 s.
+        if started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fresh.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn keys_rotate_without_restarting_task_service() {
     let app = TestApp::spawn().await;
     wait_until_live(&app).await;

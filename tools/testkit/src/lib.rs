@@ -86,7 +86,7 @@ pub fn db_config_for(url: &str) -> DbConfig {
 }
 
 pub fn token_config() -> TokenConfig {
-    TokenConfig { issuer: ISSUER.into(), audience: AUDIENCE.into() }
+    TokenConfig { issuer: ISSUER.into(), audience: AUDIENCE.into(), access_token_ttl: Duration::from_secs(900) }
 }
 
 pub fn auth_config(db: &TestDatabase) -> auth_service::AuthConfig {
@@ -101,7 +101,6 @@ pub fn auth_config_with(db: DbConfig) -> auth_service::AuthConfig {
         token: token_config(),
         drain_timeout: Duration::from_secs(2),
         signing_key_file: None,
-        access_token_ttl: Duration::from_secs(900),
         refresh_token_ttl: Duration::from_secs(30 * 86_400),
         refresh_reuse_grace: Duration::from_secs(5),
         bcrypt_cost: TEST_BCRYPT_COST,
