@@ -46,6 +46,7 @@ impl TaskConfig {
             watch: WatchSettings {
                 buffer: whole(env, "WATCH_BUFFER_EVENTS", 256, 1..=65_536, "events")? as usize,
                 slow_reader: seconds(env, "WATCH_SLOW_READER_SECONDS", 10, 1..=600)?,
+                max_streams_per_user: whole(env, "MAX_STREAMS_PER_USER", 16, 1..=10_000, "streams")? as usize,
             },
             cors_allowed_origins: CorsOrigins::from_env(env)?,
             endpoint: EndpointConfig::from_env(env)?,

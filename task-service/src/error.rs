@@ -3,7 +3,7 @@
 
 use todo_shared::access::token::TokenError;
 use todo_shared::server::status::{
-    FieldViolation, TASK_DOMAIN, database_error, invalid_argument, token_error, with_reason,
+    FieldViolation, TASK_DOMAIN, database_error, invalid_argument, quota_exceeded, token_error, with_reason,
 };
 use tonic::{Code, Status};
 
@@ -34,6 +34,15 @@ pub enum TaskError {
     /// The server is stopping: a stream ends with UNAVAILABLE `SHUTTING_DOWN`.
     #[error("shutting down")]
     ShuttingDown,
+    /// The caller already has `max` WatchTasks streams open on this instance: RESOURCE_EXHAUSTED
+    /// `QUOTA_EXCEEDED` with a QuotaFailure.
+    #[error("too many streams")]
+    TooManyStreams {
+        /// The caller.
+        user_id: uuid::Uuid,
+        /// `MAX_STREAMS_PER_USER`.
+        max: usize,
+    },
     /// A stream's reader fell `buffer` events behind for `waited`: RESOURCE_EXHAUSTED
     /// `SLOW_READER`.
     #[error("slow reader")]
@@ -92,6 +101,14 @@ impl From<TaskError> for Status {
                 TASK_DOMAIN,
                 "SHUTTING_DOWN",
                 "the server is stopping; watch again with the last sync_token",
+            ),
+            TaskError::TooManyStreams { user_id, max } => quota_exceeded(
+                TASK_DOMAIN,
+                format!("user:{user_id}"),
+                format!(
+                    "at most {max} WatchTasks streams per user are open at once on one server \
+                     (MAX_STREAMS_PER_USER); close one first"
+                ),
             ),
             TaskError::SlowReader { buffer, waited } => with_reason(
                 Code::ResourceExhausted,

@@ -176,7 +176,10 @@ impl TaskApi {
         let start = crate::sync::token::decode(caller.user_id, &req.sync_token)
             .map_err(|e| FieldViolation::new("sync_token", e.to_string()))?;
         // Subscribed before the feed is read: a change committed in between wakes the stream.
-        let subscription = self.hub.subscribe(caller.user_id);
+        let subscription = self
+            .hub
+            .subscribe(caller.user_id, self.watch.max_streams_per_user)
+            .ok_or(TaskError::TooManyStreams { user_id: caller.user_id, max: self.watch.max_streams_per_user })?;
         let open = self.hub.open_streams.enter();
         let feed = feed::position(&self.pool, &caller).await?;
         let position = match start {

@@ -25,6 +25,14 @@ pub fn with_retry(code: Code, domain: &str, reason: &str, message: impl Into<Str
     Status::with_error_details(code, message, details)
 }
 
+/// RESOURCE_EXHAUSTED `QUOTA_EXCEEDED` with a `google.rpc.QuotaFailure` naming what is limited:
+/// `subject` is whose quota (`user:<id>`), `description` the limit and its setting, in words.
+pub fn quota_exceeded(domain: &str, subject: String, description: String) -> Status {
+    let mut details = ErrorDetails::with_error_info("QUOTA_EXCEEDED", domain, HashMap::<String, String>::new());
+    details.set_quota_failure(vec![tonic_types::QuotaViolation::new(subject, description.clone())]);
+    Status::with_error_details(Code::ResourceExhausted, description, details)
+}
+
 /// One invalid field of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {

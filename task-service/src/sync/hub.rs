@@ -91,19 +91,25 @@ impl Hub {
         })
     }
 
-    /// Subscribes before the stream reads the feed, so a change committed in between wakes it.
-    pub fn subscribe(self: &Arc<Self>, user_id: Uuid) -> Subscription {
+    /// Subscribes before the stream reads the feed, so a change committed in between wakes it;
+    /// None when `user_id` already has `max` subscriptions (open streams) on this instance.
+    pub fn subscribe(self: &Arc<Self>, user_id: Uuid, max: usize) -> Option<Subscription> {
         let user = {
             let mut users = self.users.lock().expect("hub lock is never poisoned: no panics inside");
-            users.entry(user_id).or_insert_with(|| watch::Sender::new(0)).subscribe()
+            let sender = users.entry(user_id).or_insert_with(|| watch::Sender::new(0));
+            // Each open stream holds one receiver: the count is the user's streams here.
+            if sender.receiver_count() >= max {
+                return None;
+            }
+            sender.subscribe()
         };
-        Subscription {
+        Some(Subscription {
             hub: self.clone(),
             user_id,
             user: Some(user),
             everyone: self.everyone.subscribe(),
             closing: self.closing.subscribe(),
-        }
+        })
     }
 
     /// Whether the poll is running; if not, streams read the feed every second.

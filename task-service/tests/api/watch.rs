@@ -141,7 +141,8 @@ async fn idle_streams_query_nothing_while_nothing_changes() {
     let app = TestApp::spawn().await;
     let alice = user(&app, "alice@example.com").await;
     let mut streams = Vec::new();
-    for _ in 0..20 {
+    // As many as one user may open (MAX_STREAMS_PER_USER).
+    for _ in 0..16 {
         streams.push(watch(&app.tasks, &alice, "").await);
     }
     // One change that every stream receives: each has done its first read and is idle now.
@@ -255,7 +256,8 @@ async fn deleting_an_account_deletes_its_tasks_in_the_feed_and_ends_its_streams(
 async fn a_reader_that_falls_behind_is_cut_off_instead_of_growing_memory() {
     let app = TestApp::spawn().await;
     let mut config = task_config(&app.db);
-    config.watch = task_service::sync::watch::WatchSettings { buffer: 16, slow_reader: Duration::from_secs(1) };
+    config.watch =
+        task_service::sync::watch::WatchSettings { buffer: 16, slow_reader: Duration::from_secs(1), ..config.watch };
     let server = spawn_task(config).await;
     // A client with small HTTP/2 windows, so that not reading soon pushes back on the server.
     let endpoint = Channel::from_shared(format!("http://{}", server.addr)).unwrap();
@@ -286,6 +288,93 @@ async fn a_reader_that_falls_behind_is_cut_off_instead_of_growing_memory() {
     let mut again = watch(&client, &alice, "").await;
     let task = create(&app, &alice, "after").await;
     assert_eq!(next(&mut again).await.task.unwrap().id, task.id);
+}
+
+/// A client whose HTTP/2 windows hold only 16 KiB, so that not reading soon pushes back on the
+/// server instead of everything landing in the client's buffers.
+async fn small_window_client(server: &testkit::RunningServer) -> Client {
+    let endpoint = Channel::from_shared(format!("http://{}", server.addr)).unwrap();
+    let endpoint = endpoint.initial_stream_window_size(Some(16 * 1024)).initial_connection_window_size(Some(16 * 1024));
+    TaskServiceClient::new(endpoint.connect().await.unwrap())
+}
+
+/// `n` tasks of alice's at once, each event about 300 bytes.
+async fn bulk_insert(app: &TestApp, owner: &User, n: i32) {
+    sqlx::query("INSERT INTO tasks (user_id, title, description) SELECT $1, 'bulk ' || g, repeat('x', 200) FROM generate_series(1, $2) g")
+        .bind(owner.id)
+        .bind(n)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_reader_that_takes_nothing_is_cut_even_when_its_events_fit_in_the_buffer() {
+    // 350 events of some 300 bytes: tonic takes up to 32 KiB of them at a time to encode (about
+    // 110) and the client's window holds 16 KiB, so well over 100 sit in the server's buffer of
+    // 256, without a send ever blocking. A reader that takes none of them for the slow-reader
+    // time is cut all the same, and what it left is freed.
+    let app = TestApp::spawn().await;
+    let mut config = task_config(&app.db);
+    config.watch =
+        task_service::sync::watch::WatchSettings { buffer: 256, slow_reader: Duration::from_secs(1), ..config.watch };
+    let server = spawn_task(config).await;
+    let client = small_window_client(&server).await;
+    let alice = user(&app, "alice@example.com").await;
+    let mut stream = watch(&client, &alice, "").await;
+    bulk_insert(&app, &alice, 350).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut received = 0;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+            Err(_) => panic!("the stream was still open after {received} events: an idle reader held its buffer"),
+            Ok(Ok(Some(_))) => received += 1,
+            Ok(Ok(None)) => panic!("the stream ended without a status after {received} events"),
+            Ok(Err(status)) => break status,
+        }
+    };
+    assert_error(&status, Code::ResourceExhausted, "SLOW_READER");
+    assert!(received < 350, "the buffered events were dropped, not sent: {received} arrived");
+}
+
+#[tokio::test]
+async fn a_long_replay_ends_soon_after_its_session_is_revoked() {
+    // 400 changes to a reader taking one every 20 ms: a replay of some 8 s. The session is
+    // revoked after 20 events; the stream must not read on to the end.
+    let app = TestApp::spawn().await;
+    let mut config = task_config(&app.db);
+    config.watch =
+        task_service::sync::watch::WatchSettings { buffer: 16, slow_reader: Duration::from_secs(10), ..config.watch };
+    let server = spawn_task(config).await;
+    let client = small_window_client(&server).await;
+    let alice = user(&app, "alice@example.com").await;
+    let mut stream = watch(&client, &alice, "").await;
+    bulk_insert(&app, &alice, 400).await;
+    for _ in 0..20 {
+        next(&mut stream).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query("UPDATE sessions SET revoked_at = now(), revoked_reason = 'logout' WHERE user_id = $1")
+        .bind(alice.id)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    // Still reading at the same pace, so the replay would go on for another 7 s.
+    let mut after = 0;
+    let started = Instant::now();
+    let ended = loop {
+        assert!(started.elapsed() < Duration::from_secs(15), "no end within 15 s, after {after} events");
+        match tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("the stream moves") {
+            Ok(Some(_)) => after += 1,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_error(&ended, Code::Unauthenticated, "SESSION_REVOKED");
+    // What was already on its way (the client's window, the buffer, a page) may still arrive;
+    // the rest of the replay (380 events) must not.
+    assert!(after < 150, "{after} events arrived after the revocation");
 }
 
 #[tokio::test]
@@ -343,4 +432,35 @@ async fn watch_refuses_bad_and_expired_tokens_up_front() {
     let request = WatchTasksRequest { sync_token: old };
     let status = app.tasks.clone().watch_tasks(authed(request, &alice.token)).await.unwrap_err();
     assert_error(&status, Code::FailedPrecondition, "SYNC_TOKEN_EXPIRED");
+}
+
+#[tokio::test]
+async fn a_user_has_at_most_max_streams_per_user_open_and_others_are_not_affected() {
+    use tonic_types::StatusExt;
+    let app = TestApp::spawn().await;
+    let mut config = task_config(&app.db);
+    config.watch.max_streams_per_user = 2;
+    let server = spawn_task(config).await;
+    let client = TaskServiceClient::new(channel(server.addr).await);
+    let (alice, bob) = (user(&app, "alice@example.com").await, user(&app, "bob@example.com").await);
+    let open = |who: &User| {
+        let (mut client, token) = (client.clone(), who.token.clone());
+        async move { client.watch_tasks(authed(WatchTasksRequest { sync_token: String::new() }, &token)).await }
+    };
+    let first = open(&alice).await.expect("the first stream");
+    let _second = open(&alice).await.expect("the second stream");
+    let refused = open(&alice).await.expect_err("a third stream is over the limit");
+    assert_error(&refused, Code::ResourceExhausted, "QUOTA_EXCEEDED");
+    let quota = refused.get_details_quota_failure().expect("a QuotaFailure names the limit");
+    assert_eq!(quota.violations[0].subject, format!("user:{}", alice.id));
+    assert!(quota.violations[0].description.contains("MAX_STREAMS_PER_USER"), "{quota:?}");
+    // Another user is not affected, and a stream closed frees its place.
+    let _bobs = open(&bob).await.expect("bob's stream");
+    drop(first);
+    let started = Instant::now();
+    while let Err(status) = open(&alice).await {
+        assert_error(&status, Code::ResourceExhausted, "QUOTA_EXCEEDED");
+        assert!(started.elapsed() < Duration::from_secs(5), "a closed stream's place was not freed within 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

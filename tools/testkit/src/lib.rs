@@ -126,7 +126,11 @@ pub fn task_config_with(db: DbConfig) -> task_service::TaskConfig {
         drain_timeout: Duration::from_secs(2),
         revocation_window: Duration::from_secs(86_400),
         sync_retention: Duration::from_secs(45 * 86_400),
-        watch: task_service::sync::watch::WatchSettings { buffer: 256, slow_reader: Duration::from_secs(10) },
+        watch: task_service::sync::watch::WatchSettings {
+            buffer: 256,
+            slow_reader: Duration::from_secs(10),
+            max_streams_per_user: 16,
+        },
         cors_allowed_origins: Default::default(),
         endpoint: Default::default(),
     }
