@@ -57,6 +57,7 @@ impl AuthConfig {
             throttle: ThrottleConfig {
                 max_failures_per_account: positive(env, "LOGIN_MAX_FAILURES_PER_ACCOUNT", 5)?,
                 max_failures_per_address: positive(env, "LOGIN_MAX_FAILURES_PER_ADDRESS", 100)?,
+                max_sign_ups_per_address: positive(env, "SIGNUP_MAX_PER_ADDRESS", 20)?,
                 window: seconds(env, "LOGIN_THROTTLE_WINDOW_SECONDS", 900, 1..=86_400)?,
             },
             cors_allowed_origins: CorsOrigins::from_env(env)?,

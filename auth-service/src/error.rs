@@ -21,6 +21,10 @@ pub enum AuthError {
     RefreshTokenReused,
     #[error("too many failed attempts")]
     TooManyAttempts { retry_after: std::time::Duration },
+    /// This address signed up `SIGNUP_MAX_PER_ADDRESS` times in the window: RESOURCE_EXHAUSTED
+    /// `TOO_MANY_ATTEMPTS` with a RetryInfo, as for logins.
+    #[error("too many sign-ups")]
+    TooManySignUps { retry_after: std::time::Duration },
     #[error("password checks overloaded")]
     Overloaded,
     #[error(transparent)]
@@ -75,6 +79,13 @@ impl From<AuthError> for Status {
                 AUTH_DOMAIN,
                 "TOO_MANY_ATTEMPTS",
                 format!("too many failed attempts; retry in {} seconds", retry_after.as_secs().max(1)),
+                retry_after,
+            ),
+            AuthError::TooManySignUps { retry_after } => with_retry(
+                Code::ResourceExhausted,
+                AUTH_DOMAIN,
+                "TOO_MANY_ATTEMPTS",
+                format!("too many sign-ups from this address; retry in {} seconds", retry_after.as_secs().max(1)),
                 retry_after,
             ),
             AuthError::Overloaded => with_retry(

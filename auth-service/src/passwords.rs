@@ -5,10 +5,14 @@
 //! (RESOURCE_EXHAUSTED) at once instead of piling up, so a login storm cannot slow down the
 //! cheap calls that share the runtime.
 //! Unknown users are checked against a dummy hash, so login takes the same time either way.
+//! Two answers take that time without hashing at all (`pace`): a throttled attempt, which
+//! must not occupy a slot that real logins need, and the rest of a check against a stored hash of
+//! a lower cost than the configured one, which would otherwise answer faster than an unknown
+//! address does and tell the two apart.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// How long a call may wait for a free hashing slot before it is refused.
@@ -33,6 +37,9 @@ pub struct PasswordHasher {
     max_waiting: usize,
     /// Computed in the background at start, so that startup does not wait for a bcrypt hash.
     dummy_hash: Arc<tokio::sync::OnceCell<Arc<str>>>,
+    /// How long one bcrypt run at the configured cost takes here, in microseconds: first the
+    /// dummy hash's, then a moving average of the checks made at that cost.
+    check_micros: Arc<AtomicU64>,
 }
 
 impl PasswordHasher {
@@ -46,6 +53,7 @@ impl PasswordHasher {
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting: slots * WAITING_PER_SLOT,
             dummy_hash,
+            check_micros: Arc::new(AtomicU64::new(0)),
         };
         let warm = hasher.clone();
         tokio::spawn(async move {
@@ -59,13 +67,24 @@ impl PasswordHasher {
     /// A hash of nothing anyone knows, at the configured cost.
     async fn dummy_hash(&self) -> Result<Arc<str>, PasswordError> {
         let cost = self.cost;
+        let check_micros = self.check_micros.clone();
         self.dummy_hash
             .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || bcrypt::hash("dummy password for unknown users", cost))
-                    .await
-                    .map_err(|e| PasswordError::Failed(e.to_string()))?
-                    .map(Arc::from)
-                    .map_err(|e| PasswordError::Failed(e.to_string()))
+                tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
+                    let hash = bcrypt::hash("dummy password for unknown users", cost);
+                    let _ = check_micros.compare_exchange(
+                        0,
+                        micros(started.elapsed()),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    hash
+                })
+                .await
+                .map_err(|e| PasswordError::Failed(e.to_string()))?
+                .map(Arc::from)
+                .map_err(|e| PasswordError::Failed(e.to_string()))
             })
             .await
             .cloned()
@@ -73,6 +92,21 @@ impl PasswordHasher {
 
     pub fn cost(&self) -> u32 {
         self.cost
+    }
+
+    /// How long a check at the configured cost takes here (known once the dummy hash is made).
+    fn check_time(&self) -> Duration {
+        Duration::from_micros(self.check_micros.load(Ordering::Acquire))
+    }
+
+    /// Waits until a check at the configured cost, begun at `started`, would have ended, without
+    /// taking a hashing slot: for answers that must take as long as a password check.
+    pub async fn pace(&self, started: Instant) {
+        if self.check_micros.load(Ordering::Acquire) == 0 {
+            // Not measured yet (the first moments after start): measure it now.
+            let _ = self.dummy_hash().await;
+        }
+        tokio::time::sleep_until((started + self.check_time()).into()).await;
     }
 
     /// Calls waiting for a hashing slot now (for the metrics).
@@ -107,7 +141,27 @@ impl PasswordHasher {
             Some(h) => (h.to_owned(), true),
             None => (self.dummy_hash().await?.to_string(), false),
         };
-        let matched = self.run(move || Ok(bcrypt::verify(password, &hash).unwrap_or(false))).await?;
+        let at_configured_cost = cost_of(&hash) == Some(self.cost);
+        let check_micros = self.check_micros.clone();
+        let (matched, started) = self
+            .run(move || {
+                let started = Instant::now();
+                let matched = bcrypt::verify(password, &hash).unwrap_or(false);
+                if at_configured_cost {
+                    // A moving average (7/8 old, 1/8 new): steady against one slow run.
+                    let took = micros(started.elapsed());
+                    let _ = check_micros.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                        Some(if old == 0 { took } else { (old * 7 + took) / 8 })
+                    });
+                }
+                Ok((matched, started))
+            })
+            .await?;
+        if !at_configured_cost {
+            // A hash of a lower cost (made before BCRYPT_COST was raised) checks faster than the
+            // dummy hash of an unknown address: wait out the difference.
+            self.pace(started).await;
+        }
         Ok(real && matched)
     }
 
@@ -132,6 +186,15 @@ impl PasswordHasher {
         .await
         .map_err(|e| PasswordError::Failed(e.to_string()))?
     }
+}
+
+/// The cost a bcrypt hash was made with (`$2b$12$...` → 12).
+fn cost_of(hash: &str) -> Option<u32> {
+    hash.split('$').nth(2).and_then(|c| c.parse().ok())
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// One place in the queue of calls waiting for a hashing slot, given back on drop.

@@ -72,8 +72,11 @@ impl AuthApi {
     /// A password check under the brute-force throttle. A throttled attempt still pays for a
     /// bcrypt check, so that its answer takes as long as any other.
     async fn check_password(&self, keys: &AttemptKeys, password: &str, hash: Option<&str>) -> Result<(), AuthError> {
+        let started = std::time::Instant::now();
         if let Some(retry_after) = self.throttle.attempt(keys).await? {
-            self.hasher.verify(password, None).await?;
+            // As long as a wrong password takes, but without a hashing slot: an attacker over
+            // the limit must not crowd out the logins of everyone else.
+            self.hasher.pace(started).await;
             return Err(AuthError::TooManyAttempts { retry_after });
         }
         if self.hasher.verify(password, hash).await? {
@@ -116,11 +119,15 @@ impl AuthApi {
         });
     }
 
-    async fn sign_up(&self, req: SignUpRequest) -> Result<SignUpResponse, AuthError> {
+    async fn sign_up(&self, req: SignUpRequest, client: Option<IpAddr>) -> Result<SignUpResponse, AuthError> {
         let email = Email::parse("email", &req.email);
         let password = Password::parse("password", req.password);
         all_valid([email.as_ref().err(), password.as_ref().err()])?;
         let (email, password) = (email?, password?);
+        // Counted before the hash: an address over its limit costs no bcrypt slot.
+        if let Some(retry_after) = self.throttle.sign_up_attempt(client).await? {
+            return Err(AuthError::TooManySignUps { retry_after });
+        }
         let hash = self.hasher.hash(password.expose()).await?;
         let mut tx = self.pool.begin().await?;
         let user = store::insert_user(&mut tx, email.as_str(), &hash).await.map_err(email_taken_or)?;
@@ -284,7 +291,8 @@ impl AuthApi {
 #[tonic::async_trait]
 impl AuthService for AuthApi {
     async fn sign_up(&self, request: Request<SignUpRequest>) -> Result<Response<SignUpResponse>, Status> {
-        Ok(Response::new(AuthApi::sign_up(self, request.into_inner()).await?))
+        let client = request.remote_addr().map(|a| a.ip());
+        Ok(Response::new(AuthApi::sign_up(self, request.into_inner(), client).await?))
     }
 
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {

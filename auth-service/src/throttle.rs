@@ -17,6 +17,9 @@ use todo_shared::database::Db;
 pub struct ThrottleConfig {
     pub max_failures_per_account: i32,
     pub max_failures_per_address: i32,
+    /// SignUps per client address per window, successful or not (`SIGNUP_MAX_PER_ADDRESS`):
+    /// bounds account creation and the probing of addresses by EMAIL_TAKEN.
+    pub max_sign_ups_per_address: i32,
     pub window: Duration,
 }
 
@@ -38,14 +41,18 @@ impl AttemptKeys {
     /// arrives as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, RFC 4291 2.5.5.2): it is counted
     /// by its IPv4 address, not with every other IPv4 client in `::/64`.
     pub fn new(email: &str, address: Option<IpAddr>) -> Self {
-        let address = address.map(|ip| match ip.to_canonical() {
-            IpAddr::V4(v4) => format!("address:{v4}"),
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                format!("address:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        });
-        Self { account: format!("account:{email}"), address }
+        Self { account: format!("account:{email}"), address: address.map(|ip| format!("address:{}", client_of(ip))) }
+    }
+}
+
+/// Whom an address stands for: an IPv4 address, or an IPv6 /64.
+fn client_of(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
     }
 }
 
@@ -68,6 +75,17 @@ impl LoginThrottle {
     pub async fn attempt(&self, keys: &AttemptKeys) -> Result<Option<Duration>, sqlx::Error> {
         let (names, limits) = self.keys_and_limits(keys);
         let seconds = store::throttle_attempt(&self.pool, &names, &limits, self.config.window).await?;
+        Ok(seconds.map(|s| Duration::from_secs_f64(s.max(1.0))))
+    }
+
+    /// Counts a SignUp from `address`; if that puts it over `max_sign_ups_per_address`, how long
+    /// until it may sign up again. Without an address (not over TCP) nothing is counted.
+    pub async fn sign_up_attempt(&self, address: Option<IpAddr>) -> Result<Option<Duration>, sqlx::Error> {
+        let Some(ip) = address else { return Ok(None) };
+        let key = [format!("sign_up:{}", client_of(ip))];
+        let seconds =
+            store::throttle_attempt(&self.pool, &key, &[self.config.max_sign_ups_per_address], self.config.window)
+                .await?;
         Ok(seconds.map(|s| Duration::from_secs_f64(s.max(1.0))))
     }
 
