@@ -7,6 +7,7 @@ use todo_shared::access::TokenConfig;
 use todo_shared::access::token::EXP_LEEWAY_SECONDS;
 use todo_shared::database::DbConfig;
 use todo_shared::env::{ConfigError, Env, parse_or, seconds, socket_addr};
+use todo_shared::server::call_rate::CallRateConfig;
 use todo_shared::server::endpoint::{EndpointConfig, drain_timeout};
 use todo_shared::server::grpc_web::CorsOrigins;
 
@@ -27,6 +28,8 @@ pub struct TaskConfig {
     pub sync_retention: Duration,
     /// WatchTasks: the events buffered per stream, and how long a full buffer is tolerated.
     pub watch: WatchSettings,
+    /// Calls per user per instance (USER_CALLS_PER_SECOND, USER_CALLS_BURST).
+    pub call_rate: CallRateConfig,
     /// Browser origins allowed to call over gRPC-Web (CORS_ALLOWED_ORIGINS).
     pub cors_allowed_origins: CorsOrigins,
     /// TLS and the metrics listener.
@@ -48,6 +51,7 @@ impl TaskConfig {
                 slow_reader: seconds(env, "WATCH_SLOW_READER_SECONDS", 10, 1..=600)?,
                 max_streams_per_user: whole(env, "MAX_STREAMS_PER_USER", 16, 1..=10_000, "streams")? as usize,
             },
+            call_rate: CallRateConfig::from_env(env)?,
             cors_allowed_origins: CorsOrigins::from_env(env)?,
             endpoint: EndpointConfig::from_env(env)?,
         })

@@ -109,6 +109,7 @@ impl From<TaskError> for Status {
                     "at most {max} WatchTasks streams per user are open at once on one server \
                      (MAX_STREAMS_PER_USER); close one first"
                 ),
+                None,
             ),
             TaskError::SlowReader { buffer, waited } => with_reason(
                 Code::ResourceExhausted,

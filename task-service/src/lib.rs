@@ -25,6 +25,7 @@ use todo_shared::access::keyring::KeyRing;
 use todo_shared::access::revocation::Revocations;
 use todo_shared::access::token::TokenVerifier;
 use todo_shared::database::Db;
+use todo_shared::server::call_rate::CallRate;
 use todo_shared::server::require_caller::RequireCaller;
 use todo_shared::server::status::TASK_DOMAIN;
 use tokio::net::TcpListener;
@@ -59,7 +60,12 @@ pub async fn serve(
         watch: config.watch,
     })
     .max_decoding_message_size(todo_shared::server::call_limits::MAX_REQUEST_BYTES);
-    let routes = tonic::service::Routes::new(RequireCaller::new(api, authenticator, TASK_DOMAIN));
+    let routes = tonic::service::Routes::new(RequireCaller::new(
+        api,
+        authenticator,
+        Some(Arc::new(CallRate::new(config.call_rate))),
+        TASK_DOMAIN,
+    ));
     // Waits for the database as long as it takes; keys load on first use if this load fails.
     let startup = {
         let (pool, db) = (pool.clone(), config.db.clone());

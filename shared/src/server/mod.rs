@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod call_limits;
+pub mod call_rate;
 pub mod endpoint;
 pub mod grpc_web;
 pub mod health;

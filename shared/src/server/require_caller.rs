@@ -1,8 +1,11 @@
 //! The tower layer that gives every call of a service a verified `Caller`, or refuses it with
-//! UNAUTHENTICATED before the handler runs, and the handlers' way to read it.
+//! UNAUTHENTICATED before the handler runs (or RESOURCE_EXHAUSTED `QUOTA_EXCEEDED` when the
+//! caller is over its call rate, `call_rate`), and the handlers' way to read it.
 
 use crate::access::caller::{Authenticator, Caller};
 use crate::access::token::TokenError;
+use crate::server::call_rate::CallRate;
+use crate::server::status::quota_exceeded;
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,9 +27,10 @@ pub fn caller_of<T>(request: &tonic::Request<T>, domain: &str) -> Result<Caller,
 pub struct RequireCaller<S>(AsyncRequireAuthorization<S, VerifyBearer>);
 
 impl<S> RequireCaller<S> {
-    /// `inner` behind `authenticator`; refusals carry ErrorInfo `domain`.
-    pub fn new(inner: S, authenticator: Arc<Authenticator>, domain: &'static str) -> Self {
-        Self(AsyncRequireAuthorization::new(inner, VerifyBearer { authenticator, domain }))
+    /// `inner` behind `authenticator`, each caller held to `rate` when given; refusals carry
+    /// ErrorInfo `domain`.
+    pub fn new(inner: S, authenticator: Arc<Authenticator>, rate: Option<Arc<CallRate>>, domain: &'static str) -> Self {
+        Self(AsyncRequireAuthorization::new(inner, VerifyBearer { authenticator, rate, domain }))
     }
 }
 
@@ -57,6 +61,7 @@ where
 #[derive(Clone)]
 pub struct VerifyBearer {
     authenticator: Arc<Authenticator>,
+    rate: Option<Arc<CallRate>>,
     domain: &'static str,
 }
 
@@ -67,6 +72,7 @@ impl<B: Send + 'static> AsyncAuthorizeRequest<B> for VerifyBearer {
 
     fn authorize(&mut self, mut request: http::Request<B>) -> Self::Future {
         let authenticator = self.authenticator.clone();
+        let rate = self.rate.clone();
         let domain = self.domain;
         Box::pin(async move {
             let authorization =
@@ -74,6 +80,18 @@ impl<B: Send + 'static> AsyncAuthorizeRequest<B> for VerifyBearer {
             match authenticator.authenticate(authorization).await {
                 Ok(caller) => {
                     tracing::Span::current().record("user_id", tracing::field::display(caller.user_id));
+                    if let Some(rate) = &rate
+                        && let Err(retry_after) = rate.check(caller.user_id)
+                    {
+                        let per_second = rate.config().per_second;
+                        let description = format!(
+                            "at most {per_second} calls per second per user on one server (USER_CALLS_PER_SECOND); \
+                             retry in {} ms",
+                            retry_after.as_millis().max(1)
+                        );
+                        let subject = format!("user:{}", caller.user_id);
+                        return Err(quota_exceeded(domain, subject, description, Some(retry_after)).into_http());
+                    }
                     request.extensions_mut().insert(caller);
                     Ok(request)
                 }

@@ -26,10 +26,14 @@ pub fn with_retry(code: Code, domain: &str, reason: &str, message: impl Into<Str
 }
 
 /// RESOURCE_EXHAUSTED `QUOTA_EXCEEDED` with a `google.rpc.QuotaFailure` naming what is limited:
-/// `subject` is whose quota (`user:<id>`), `description` the limit and its setting, in words.
-pub fn quota_exceeded(domain: &str, subject: String, description: String) -> Status {
+/// `subject` is whose quota (`user:<id>`), `description` the limit and its setting, in words;
+/// with `retry_after`, a `google.rpc.RetryInfo` too (a rate, which frees itself in time).
+pub fn quota_exceeded(domain: &str, subject: String, description: String, retry_after: Option<Duration>) -> Status {
     let mut details = ErrorDetails::with_error_info("QUOTA_EXCEEDED", domain, HashMap::<String, String>::new());
     details.set_quota_failure(vec![tonic_types::QuotaViolation::new(subject, description.clone())]);
+    if let Some(retry_after) = retry_after {
+        details.set_retry_info(Some(retry_after));
+    }
     Status::with_error_details(Code::ResourceExhausted, description, details)
 }
 

@@ -3,6 +3,7 @@
 
 mod attacks;
 mod convergence;
+mod limits;
 mod list;
 mod metrics;
 mod plans;

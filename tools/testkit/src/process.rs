@@ -59,6 +59,10 @@ impl ServiceProcess {
             .env_remove("DATABASE_DIRECT_URL")
             .env_remove("DB_POOL_MODE")
             .env("RUST_LOG", "warn")
+            // Load and fault tests hammer one user far past a real client's rate.
+            .env("USER_CALLS_PER_SECOND", "1000000")
+            .env("USER_CALLS_BURST", "1000000")
+            .env("SIGNUP_MAX_PER_ADDRESS", "1000000")
             .env(addr_var, addr.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null());
