@@ -150,6 +150,26 @@ async fn idle_streams_query_nothing_while_nothing_changes() {
     for stream in &mut streams {
         assert_eq!(seen(&next(stream).await).1, task.id);
     }
+    // The hub wakes a user while the feed's stamp is at or after the oldest transaction running
+    // anywhere in the cluster (other tests' too): a change can wake its streams more than once.
+    // Wait until that horizon has passed alice's change, then for a few polls (50 ms each), so
+    // that no wake-up for it is still due.
+    let started = Instant::now();
+    loop {
+        let passed: bool = sqlx::query_scalar(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot()) > changed_xid FROM task_feeds WHERE user_id = $1",
+        )
+        .bind(alice.id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        if passed {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "some transaction in the cluster stayed open 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut lock = app.db.pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE task_versions IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
     // Over 2.5 s: the hub polls 50 times and each stream ticks twice (its token re-check).
