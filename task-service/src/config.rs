@@ -28,6 +28,9 @@ pub struct TaskConfig {
     pub sync_retention: Duration,
     /// WatchTasks: the events buffered per stream, and how long a full buffer is tolerated.
     pub watch: WatchSettings,
+    /// Tasks one user may have (MAX_TASKS_PER_USER, default 100,000, as Google Tasks caps a
+    /// user's tasks); CreateTask past it gets RESOURCE_EXHAUSTED QUOTA_EXCEEDED.
+    pub max_tasks_per_user: i64,
     /// Calls per user per instance (USER_CALLS_PER_SECOND, USER_CALLS_BURST).
     pub call_rate: CallRateConfig,
     /// Browser origins allowed to call over gRPC-Web (CORS_ALLOWED_ORIGINS).
@@ -52,6 +55,7 @@ impl TaskConfig {
                 max_streams_per_user: whole(env, "MAX_STREAMS_PER_USER", 16, 1..=10_000, "streams")? as usize,
             },
             call_rate: CallRateConfig::from_env(env)?,
+            max_tasks_per_user: whole(env, "MAX_TASKS_PER_USER", 100_000, 1..=10_000_000, "tasks")? as i64,
             cors_allowed_origins: CorsOrigins::from_env(env)?,
             endpoint: EndpointConfig::from_env(env)?,
         })

@@ -34,6 +34,14 @@ pub enum TaskError {
     /// The server is stopping: a stream ends with UNAVAILABLE `SHUTTING_DOWN`.
     #[error("shutting down")]
     ShuttingDown,
+    /// The caller already has `max` tasks: RESOURCE_EXHAUSTED `QUOTA_EXCEEDED` with a QuotaFailure.
+    #[error("too many tasks")]
+    TooManyTasks {
+        /// The caller.
+        user_id: uuid::Uuid,
+        /// `MAX_TASKS_PER_USER`.
+        max: i64,
+    },
     /// The caller already has `max` WatchTasks streams open on this instance: RESOURCE_EXHAUSTED
     /// `QUOTA_EXCEEDED` with a QuotaFailure.
     #[error("too many streams")]
@@ -101,6 +109,12 @@ impl From<TaskError> for Status {
                 TASK_DOMAIN,
                 "SHUTTING_DOWN",
                 "the server is stopping; watch again with the last sync_token",
+            ),
+            TaskError::TooManyTasks { user_id, max } => quota_exceeded(
+                TASK_DOMAIN,
+                format!("user:{user_id}"),
+                format!("at most {max} tasks per user (MAX_TASKS_PER_USER); delete some first"),
+                None,
             ),
             TaskError::TooManyStreams { user_id, max } => quota_exceeded(
                 TASK_DOMAIN,

@@ -58,6 +58,7 @@ pub async fn serve(
         authenticator: authenticator.clone(),
         hub: hub.clone(),
         watch: config.watch,
+        max_tasks_per_user: config.max_tasks_per_user,
     })
     .max_decoding_message_size(todo_shared::server::call_limits::MAX_REQUEST_BYTES);
     let routes = tonic::service::Routes::new(RequireCaller::new(

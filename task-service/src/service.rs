@@ -25,6 +25,8 @@ pub struct TaskApi {
     pub(crate) authenticator: Arc<Authenticator>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) watch: WatchSettings,
+    /// `MAX_TASKS_PER_USER`.
+    pub(crate) max_tasks_per_user: i64,
 }
 
 fn written<T>(outcome: Written<T>) -> Result<T, TaskError> {
@@ -42,10 +44,12 @@ impl TaskApi {
         let request_id = RequestId::parse(req.request_id);
         all_valid([title.as_ref().err(), description.as_ref().err(), request_id.as_ref().err()])?;
         let (title, description, request_id) = (title?, description?, request_id?);
+        let max = self.max_tasks_per_user;
         let row = match request_id {
-            Some(request_id) => store::insert_once(&self.pool, &caller, &request_id, &title, &description).await?,
-            None => store::insert(&self.pool, &caller, &title, &description).await?,
+            Some(request_id) => store::insert_once(&self.pool, &caller, &request_id, &title, &description, max).await?,
+            None => store::insert(&self.pool, &caller, &title, &description, max).await?,
         };
+        let row = row.ok_or(TaskError::TooManyTasks { user_id: caller.user_id, max })?;
         Ok(CreateTaskResponse { task: Some(task_message(row)) })
     }
 

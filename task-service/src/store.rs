@@ -34,20 +34,29 @@ pub enum Written<T> {
     EtagMismatch,
 }
 
+/// Inserts a task unless the caller already has `max_tasks`: None then. The count is bounded
+/// (it stops at `max_tasks` rows of idx_tasks_user_created_id), in the same statement as the
+/// insert. Concurrent creates of one user may pass it together, so a user can end up a few
+/// (at most the calls in flight) over the limit, never far.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert(
     db: impl PgExecutor<'_>,
     caller: &Caller,
     title: &Title,
     description: &Description,
-) -> Result<TaskRow, sqlx::Error> {
+    max_tasks: i64,
+) -> Result<Option<TaskRow>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(format!(
-        "INSERT INTO tasks (user_id, title, description) VALUES ($1, $2, $3) RETURNING {COLUMNS}"
+        "INSERT INTO tasks (user_id, title, description)
+         SELECT $1, $2, $3
+         WHERE (SELECT count(*) FROM (SELECT 1 FROM tasks WHERE user_id = $1 LIMIT $4) mine) < $4
+         RETURNING {COLUMNS}"
     )))
     .bind(caller.user_id)
     .bind(title.as_str())
     .bind(description.as_option())
-    .fetch_one(db)
+    .bind(max_tasks)
+    .fetch_optional(db)
     .await
 }
 
@@ -67,7 +76,7 @@ async fn by_request_id(
 }
 
 /// Creates a task once per request id: a repeat (even a concurrent one) returns the task the
-/// first call created.
+/// first call created. None when the caller already has `max_tasks` (see `insert`).
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_once(
     pool: &Db,
@@ -75,12 +84,15 @@ pub async fn insert_once(
     request_id: &RequestId,
     title: &Title,
     description: &Description,
-) -> Result<TaskRow, sqlx::Error> {
+    max_tasks: i64,
+) -> Result<Option<TaskRow>, sqlx::Error> {
     if let Some(task) = by_request_id(pool, caller, request_id).await? {
-        return Ok(task);
+        return Ok(Some(task));
     }
     let mut tx = pool.begin().await?;
-    let task = insert(&mut tx, caller, title, description).await?;
+    let Some(task) = insert(&mut tx, caller, title, description, max_tasks).await? else {
+        return Ok(None);
+    };
     // A concurrent twin blocks here on the primary key until the first commits, then conflicts.
     let claimed = sqlx::query(
         "INSERT INTO task_create_requests (user_id, request_id, task_id) VALUES ($1, $2, $3)
@@ -95,13 +107,13 @@ pub async fn insert_once(
         == 1;
     if claimed {
         tx.commit().await?;
-        return Ok(task);
+        return Ok(Some(task));
     }
     tx.rollback().await?;
     match by_request_id(pool, caller, request_id).await? {
-        Some(task) => Ok(task),
+        Some(task) => Ok(Some(task)),
         // The first task was deleted in between, which frees the request id: try again once.
-        None => Box::pin(insert_once(pool, caller, request_id, title, description)).await,
+        None => Box::pin(insert_once(pool, caller, request_id, title, description, max_tasks)).await,
     }
 }
 

@@ -47,3 +47,47 @@ async fn a_user_over_the_call_rate_is_told_when_to_come_back_and_others_are_serv
     tokio::time::sleep(retry).await;
     list(alice.token.clone()).await.expect("alice after the RetryInfo delay");
 }
+
+#[tokio::test]
+async fn a_user_has_at_most_max_tasks_per_user_and_others_are_not_affected() {
+    let app = TestApp::spawn().await;
+    let mut config = task_config(&app.db);
+    config.max_tasks_per_user = 3;
+    let server = spawn_task(config).await;
+    let client = TaskServiceClient::new(channel(server.addr).await);
+    let (alice, bob) = (user(&app, "alice@example.com").await, user(&app, "bob@example.com").await);
+    let create = |token: String, title: &str, request_id: &str| {
+        let mut client = client.clone();
+        let request = CreateTaskRequest { title: title.into(), request_id: request_id.into(), ..Default::default() };
+        async move { client.create_task(authed(request, &token)).await.map(|r| r.into_inner().task.unwrap()) }
+    };
+    let first = create(alice.token.clone(), "one", "").await.unwrap();
+    create(alice.token.clone(), "two", "").await.unwrap();
+    create(alice.token.clone(), "three", "req-3").await.unwrap();
+    for request_id in ["", "req-4"] {
+        let refused =
+            create(alice.token.clone(), "four", request_id).await.expect_err("a fourth task is over the limit");
+        assert_error(&refused, Code::ResourceExhausted, "QUOTA_EXCEEDED");
+        let quota = refused.get_details_quota_failure().expect("a QuotaFailure");
+        assert_eq!(quota.violations[0].subject, format!("user:{}", alice.id));
+        assert!(quota.violations[0].description.contains("MAX_TASKS_PER_USER"), "{quota:?}");
+    }
+    let (tasks, requests): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM tasks WHERE user_id = $1), (SELECT count(*) FROM task_create_requests WHERE user_id = $1)",
+    )
+    .bind(alice.id)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!((tasks, requests), (3, 1), "nothing written for the refused creates");
+    // A repeat of a request that succeeded still answers with its task; bob is not limited.
+    assert_eq!(create(alice.token.clone(), "three", "req-3").await.unwrap().title, "three");
+    create(bob.token.clone(), "bob's", "").await.expect("another user");
+    // Deleting one frees a place.
+    let mut tasks_client = client.clone();
+    tasks_client
+        .delete_task(authed(DeleteTaskRequest { id: first.id, ..Default::default() }, &alice.token))
+        .await
+        .unwrap();
+    create(alice.token.clone(), "four", "").await.expect("a place was freed");
+}

@@ -128,6 +128,7 @@ pub fn task_config_with(db: DbConfig) -> task_service::TaskConfig {
         drain_timeout: Duration::from_secs(2),
         revocation_window: Duration::from_secs(86_400),
         sync_retention: Duration::from_secs(45 * 86_400),
+        max_tasks_per_user: 100_000,
         // Far above what a test sends: a test of the limit sets its own.
         call_rate: todo_shared::server::call_rate::CallRateConfig {
             per_second: std::num::NonZeroU32::new(1_000_000).expect("not zero"),
