@@ -34,9 +34,11 @@ pub enum Written<T> {
     EtagMismatch,
 }
 
-/// Inserts a task unless the caller already has `max_tasks`: None then. The count is bounded
-/// (it stops at `max_tasks` rows of idx_tasks_user_created_id), in the same statement as the
-/// insert. Concurrent creates of one user may pass it together, so a user can end up a few
+/// Inserts a task unless the caller already has `max_tasks`: None then. Checked in the same
+/// statement as the insert, cheaply first: the user's feed counter (`task_feeds.seq`) counts
+/// every change, so while it is below `max_tasks` so is the number of tasks, and one primary-key
+/// read settles it. Only past that are the tasks counted, and the count stops at `max_tasks`
+/// rows of idx_tasks_user_created_id. Concurrent creates of one user may pass it together, so a user can end up a few
 /// (at most the calls in flight) over the limit, never far.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert(
@@ -49,7 +51,8 @@ pub async fn insert(
     sqlx::query_as(AssertSqlSafe(format!(
         "INSERT INTO tasks (user_id, title, description)
          SELECT $1, $2, $3
-         WHERE (SELECT count(*) FROM (SELECT 1 FROM tasks WHERE user_id = $1 LIMIT $4) mine) < $4
+         WHERE coalesce((SELECT seq FROM task_feeds WHERE user_id = $1), 0) < $4
+            OR (SELECT count(*) FROM (SELECT 1 FROM tasks WHERE user_id = $1 LIMIT $4) mine) < $4
          RETURNING {COLUMNS}"
     )))
     .bind(caller.user_id)
