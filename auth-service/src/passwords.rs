@@ -189,7 +189,7 @@ impl PasswordHasher {
 }
 
 /// The cost a bcrypt hash was made with (`$2b$12$...` → 12).
-fn cost_of(hash: &str) -> Option<u32> {
+pub fn cost_of(hash: &str) -> Option<u32> {
     hash.split('$').nth(2).and_then(|c| c.parse().ok())
 }
 

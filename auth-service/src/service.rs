@@ -100,7 +100,7 @@ impl AuthApi {
     /// The write only lands if the stored hash is still the one that was verified, so that it
     /// can never undo a password change made in between.
     fn upgrade_hash_if_needed(&self, user_id: Uuid, stored_hash: &str, password: &str) {
-        let stored_cost = stored_hash.split('$').nth(2).and_then(|c| c.parse::<u32>().ok());
+        let stored_cost = crate::passwords::cost_of(stored_hash);
         if stored_cost == Some(self.hasher.cost()) {
             return;
         }
