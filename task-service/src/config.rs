@@ -6,7 +6,7 @@ use std::time::Duration;
 use todo_shared::access::TokenConfig;
 use todo_shared::access::token::EXP_LEEWAY_SECONDS;
 use todo_shared::database::DbConfig;
-use todo_shared::env::{ConfigError, Env, parse_or, seconds, socket_addr};
+use todo_shared::env::{ConfigError, Env, seconds, socket_addr, whole};
 use todo_shared::server::call_rate::CallRateConfig;
 use todo_shared::server::endpoint::{EndpointConfig, drain_timeout};
 use todo_shared::server::grpc_web::CorsOrigins;
@@ -81,24 +81,6 @@ fn revocation_window(env: &dyn Env, token: &TokenConfig) -> Result<Duration, Con
         ));
     }
     Ok(window)
-}
-
-/// A whole number of `unit` within `range`.
-fn whole(
-    env: &dyn Env,
-    var: &'static str,
-    default: u64,
-    range: std::ops::RangeInclusive<u64>,
-    unit: &str,
-) -> Result<u64, ConfigError> {
-    let value: u64 = parse_or(env, var, default, &format!("a whole number of {unit}"))?;
-    if !range.contains(&value) {
-        return Err(ConfigError::new(
-            var,
-            format!("must be from {} to {} {unit}, got {value}", range.start(), range.end()),
-        ));
-    }
-    Ok(value)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! generated client, asserting codes, ErrorInfo reasons and what is in the database.
 
 mod account;
+mod connections;
 mod grpc_web;
 mod login;
 mod metrics;

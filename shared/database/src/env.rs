@@ -74,6 +74,24 @@ pub fn boolean(env: &dyn Env, var: &'static str, default: bool) -> Result<bool, 
     }
 }
 
+/// A whole number of `unit`s (as named in the error: "tasks", "connections") within `range`.
+pub fn whole(
+    env: &dyn Env,
+    var: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+    unit: &str,
+) -> Result<u64, ConfigError> {
+    let value: u64 = parse_or(env, var, default, &format!("a whole number of {unit}"))?;
+    if !range.contains(&value) {
+        return Err(ConfigError::new(
+            var,
+            format!("must be from {} to {} {unit}, got {value}", range.start(), range.end()),
+        ));
+    }
+    Ok(value)
+}
+
 /// A whole number of seconds within `range`.
 pub fn seconds(
     env: &dyn Env,
@@ -81,12 +99,5 @@ pub fn seconds(
     default: u64,
     range: std::ops::RangeInclusive<u64>,
 ) -> Result<Duration, ConfigError> {
-    let value: u64 = parse_or(env, var, default, "a whole number of seconds")?;
-    if !range.contains(&value) {
-        return Err(ConfigError::new(
-            var,
-            format!("must be from {} to {} seconds, got {value}", range.start(), range.end()),
-        ));
-    }
-    Ok(Duration::from_secs(value))
+    whole(env, var, default, range, "seconds").map(Duration::from_secs)
 }

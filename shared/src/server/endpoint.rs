@@ -10,24 +10,31 @@ pub fn drain_timeout(env: &dyn Env) -> Result<Duration, ConfigError> {
     seconds(env, "SHUTDOWN_DRAIN_SECONDS", 10, 0..=600)
 }
 
-/// How a service is reached beyond plain gRPC: TLS (`TLS_CERT_FILE`, `TLS_KEY_FILE`) and the
-/// Prometheus endpoint (`METRICS_ADDR`; unset: no metrics listener, and no counting either).
+/// How a service is reached beyond plain gRPC: TLS (`TLS_CERT_FILE`, `TLS_KEY_FILE`), the
+/// connection limits (`MAX_CONNECTIONS`, `HANDSHAKE_TIMEOUT_SECONDS`) and the Prometheus
+/// endpoint (`METRICS_ADDR`; unset: no metrics listener, and no counting either).
 #[derive(Clone, Debug, Default)]
 pub struct EndpointConfig {
     /// `TLS_CERT_FILE` and `TLS_KEY_FILE`; None: plaintext h2c.
     pub tls: Option<super::tls::TlsFiles>,
     /// `METRICS_ADDR`; None: no metrics listener.
     pub metrics_addr: Option<SocketAddr>,
+    /// `MAX_CONNECTIONS` and `HANDSHAKE_TIMEOUT_SECONDS`.
+    pub connections: super::connections::ConnectionLimits,
 }
 
 impl EndpointConfig {
-    /// TLS and metrics settings from `env`; an error naming the variable when one is wrong.
+    /// TLS, connection and metrics settings from `env`; an error naming the variable when one is wrong.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let metrics_addr = match optional(env, "METRICS_ADDR") {
             None => None,
             Some(_) => Some(socket_addr(env, "METRICS_ADDR", "127.0.0.1:9101")?),
         };
-        Ok(Self { tls: super::tls::TlsFiles::from_env(env)?, metrics_addr })
+        Ok(Self {
+            tls: super::tls::TlsFiles::from_env(env)?,
+            metrics_addr,
+            connections: super::connections::ConnectionLimits::from_env(env)?,
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 use crate::database::Db;
 use crate::server::access_log::AccessLogLayer;
 use crate::server::call_limits::{CallLimitsLayer, MAX_CONCURRENT_STREAMS_PER_CONNECTION};
+use crate::server::connections::ConnectionCounts;
 use crate::server::endpoint::EndpointConfig;
 use crate::server::in_flight::InFlight;
 use crate::server::metrics::SampledGauge;
@@ -13,7 +14,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 /// How a server runs beyond its routes: the drain time, TLS, metrics (and the service's own
@@ -46,20 +46,19 @@ pub async fn serve(
     startup: Startup,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let limits = extras.endpoint.connections;
+    let connections = crate::server::connections::counts(limits);
+    let mut gauges = extras.gauges;
+    gauges.extend(connection_gauges(&connections));
     // The endpoint stops when this function returns (dropped), however it returns.
     let (metrics, _metrics_endpoint) = match extras.endpoint.metrics_addr {
         Some(addr) => {
-            let (grpc, endpoint) = crate::server::metrics::start(addr, services, pool.pool(), extras.gauges).await?;
+            let (grpc, endpoint) = crate::server::metrics::start(addr, services, pool.pool(), gauges).await?;
             (Some(grpc), Some(endpoint))
         }
         None => (None, None),
     };
-    let mut builder = Server::builder();
-    if let Some(tls) = &extras.endpoint.tls {
-        builder = builder
-            .tls_config(tls.server_config()?)
-            .map_err(|e| anyhow::anyhow!("TLS_CERT_FILE / TLS_KEY_FILE: the certificate or key is not usable: {e}"))?;
-    }
+    let tls = extras.endpoint.tls.as_ref().map(|files| files.acceptor()).transpose()?;
     let (reporter, health_service) = tonic_health::server::health_reporter();
     crate::server::health::set_all(&reporter, services, ServingStatus::NotServing).await;
     let ready = Ready::default();
@@ -114,7 +113,7 @@ pub async fn serve(
 
     tracing::info!(addr = %listener.local_addr()?, tls = extras.endpoint.tls.is_some(), "serving");
     let in_flight = InFlight::default();
-    let server = builder
+    let server = Server::builder()
         .accept_http1(true) // gRPC-Web from browsers
         .layer(crate::server::grpc_web::layer(&extras.cors))
         .layer(AccessLogLayer(in_flight.clone(), metrics))
@@ -125,11 +124,8 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_routes(routes)
-        // TCP_NODELAY on every accepted connection: a response goes out as several writes
-        // (headers, data, trailers), and Nagle would hold the last ones for the peer's delayed
-        // ACK (about 40 ms).
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60))),
+            crate::server::connections::incoming(listener, tls, limits, connections),
             shutdown,
         );
     // On the stop tonic stops accepting and shuts every connection down gracefully (HTTP/2:
@@ -159,6 +155,21 @@ pub async fn serve(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// `server_connections` and `server_connections_refused` for `/metrics`.
+fn connection_gauges(counts: &std::sync::Arc<ConnectionCounts>) -> [SampledGauge; 2] {
+    let (open, refused) = (counts.clone(), counts.clone());
+    [
+        SampledGauge::new("server_connections", "Connections open now, TLS handshakes included", move || {
+            i64::try_from(open.open()).unwrap_or(i64::MAX)
+        }),
+        SampledGauge::new(
+            "server_connections_refused",
+            "Connections closed at accept since start because MAX_CONNECTIONS were open",
+            move || i64::try_from(refused.refused()).unwrap_or(i64::MAX),
+        ),
+    ]
 }
 
 /// The ErrorInfo domain of a service name: "todo.task" for "todo.task.v1.TaskService".

@@ -5,7 +5,10 @@
 use crate::env::{ConfigError, Env, optional};
 use anyhow::Context;
 use std::path::PathBuf;
-use tonic::transport::{Identity, ServerTlsConfig};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The certificate and key files a server speaks TLS with.
 #[derive(Clone, Debug)]
@@ -43,9 +46,10 @@ impl TlsFiles {
         Ok(Some(files))
     }
 
-    /// The files read into tonic's server settings (rustls with the ring provider, the one sqlx
-    /// already uses, so the binaries carry one crypto library).
-    pub fn server_config(&self) -> anyhow::Result<ServerTlsConfig> {
+    /// The files read into a TLS acceptor: rustls with the ring provider (the one sqlx and tonic
+    /// already use, so the binaries carry one crypto library), TLS 1.2 and 1.3, ALPN `h2` and
+    /// `http/1.1` (gRPC-Web from browsers may come over either).
+    pub fn acceptor(&self) -> anyhow::Result<TlsAcceptor> {
         let cert =
             std::fs::read(&self.cert).with_context(|| format!("TLS_CERT_FILE: reading {}", self.cert.display()))?;
         let key = std::fs::read(&self.key).with_context(|| format!("TLS_KEY_FILE: reading {}", self.key.display()))?;
@@ -54,7 +58,25 @@ impl TlsFiles {
                 anyhow::bail!("{var}: {} is not a PEM file", path.display());
             }
         }
-        Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+        let chain = CertificateDer::pem_slice_iter(&cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("TLS_CERT_FILE: {} holds no usable certificate: {e}", self.cert.display()))?;
+        if chain.is_empty() {
+            anyhow::bail!("TLS_CERT_FILE: {} holds no certificate", self.cert.display());
+        }
+        let key = PrivateKeyDer::from_pem_slice(&key)
+            .map_err(|e| anyhow::anyhow!("TLS_KEY_FILE: {} holds no usable private key: {e}", self.key.display()))?;
+        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS: the ring provider supports the default protocol versions")?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| {
+                anyhow::anyhow!("TLS_CERT_FILE / TLS_KEY_FILE: the certificate and key do not go together: {e}")
+            })?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(TlsAcceptor::from(std::sync::Arc::new(config)))
     }
 }
 
@@ -113,6 +135,6 @@ mod tests {
         assert_eq!(TlsFiles::from_env(&env).unwrap_err().var, "TLS_KEY_FILE");
         let env: &[(&str, &str)] = &[("TLS_CERT_FILE", "/etc/hostname"), ("TLS_KEY_FILE", "/etc/hostname")];
         let files = TlsFiles::from_env(&env).unwrap().unwrap();
-        assert!(files.server_config().unwrap_err().to_string().starts_with("TLS_CERT_FILE: "));
+        assert!(files.acceptor().err().expect("not a PEM file").to_string().starts_with("TLS_CERT_FILE: "));
     }
 }
