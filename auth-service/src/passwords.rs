@@ -4,14 +4,20 @@
 //! bounded: past a few calls per core waiting, or after a short wait, a call is refused
 //! (RESOURCE_EXHAUSTED) at once instead of piling up, so a login storm cannot slow down the
 //! cheap calls that share the runtime.
+//! The queue is fair between clients (an IPv4 address or an IPv6 /64): each client has at most
+//! one call in the queue for a slot at a time, its others wait behind that one, so free slots go
+//! round the waiting clients in turn; and one client may hold at most a quarter of the waiting
+//! places. One address sending many calls thus gets its turn like any other, and the others'
+//! calls wait about one check, not behind the whole flood.
 //! Unknown users are checked against a dummy hash, so login takes the same time either way.
 //! Two answers take that time without hashing at all (`pace`): a throttled attempt, which
 //! must not occupy a slot that real logins need, and the rest of a check against a stored hash of
 //! a lower cost than the configured one, which would otherwise answer faster than an unknown
 //! address does and tell the two apart.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -19,6 +25,8 @@ use tokio::sync::Semaphore;
 const QUEUE_WAIT: Duration = Duration::from_secs(1);
 /// How many calls per slot may wait at all.
 const WAITING_PER_SLOT: usize = 8;
+/// The share of the waiting places one client may hold: one in this many.
+const CLIENT_SHARE_OF_WAITING: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {
@@ -35,6 +43,8 @@ pub struct PasswordHasher {
     total_slots: usize,
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
+    /// Per client with calls waiting: how many, and its turn in the queue for a slot.
+    clients: Arc<Mutex<HashMap<String, ClientQueue>>>,
     /// Computed in the background at start, so that startup does not wait for a bcrypt hash.
     dummy_hash: Arc<tokio::sync::OnceCell<Arc<str>>>,
     /// How long one bcrypt run at the configured cost takes here, in microseconds: first the
@@ -52,6 +62,7 @@ impl PasswordHasher {
             total_slots: slots,
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting: slots * WAITING_PER_SLOT,
+            clients: Arc::default(),
             dummy_hash,
             check_micros: Arc::new(AtomicU64::new(0)),
         };
@@ -124,15 +135,17 @@ impl PasswordHasher {
         self.max_waiting
     }
 
-    pub async fn hash(&self, password: &str) -> Result<String, PasswordError> {
+    /// A bcrypt hash of `password` at the configured cost, made in `client`'s turn (see the
+    /// module comment; `client` is what the throttle counts by, "" when unknown).
+    pub async fn hash(&self, password: &str, client: &str) -> Result<String, PasswordError> {
         let password = password.to_owned();
         let cost = self.cost;
-        self.run(move || bcrypt::hash(password, cost).map_err(|e| PasswordError::Failed(e.to_string()))).await
+        self.run(client, move || bcrypt::hash(password, cost).map_err(|e| PasswordError::Failed(e.to_string()))).await
     }
 
     /// Whether `password` matches `hash`; with no hash (unknown user), a dummy check that
-    /// takes as long and always fails.
-    pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool, PasswordError> {
+    /// takes as long and always fails. Checked in `client`'s turn, as for `hash`.
+    pub async fn verify(&self, password: &str, hash: Option<&str>, client: &str) -> Result<bool, PasswordError> {
         // bcrypt would compare only the first 72 bytes; a longer attempt can never be right, and
         // is checked against the dummy hash so that it takes as long as any other.
         let hash = if password.len() > crate::domain::Password::MAX_BYTES { None } else { hash };
@@ -144,7 +157,7 @@ impl PasswordHasher {
         let at_configured_cost = cost_of(&hash) == Some(self.cost);
         let check_micros = self.check_micros.clone();
         let (matched, started) = self
-            .run(move || {
+            .run(client, move || {
                 let started = Instant::now();
                 let matched = bcrypt::verify(password, &hash).unwrap_or(false);
                 if at_configured_cost {
@@ -167,15 +180,24 @@ impl PasswordHasher {
 
     async fn run<T: Send + 'static>(
         &self,
+        client: &str,
         work: impl FnOnce() -> Result<T, PasswordError> + Send + 'static,
     ) -> Result<T, PasswordError> {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                // The guard gives the place back however the wait ends, a cancelled call included.
+                // The guards give the places back however the wait ends, a cancelled call included.
                 let place = WaitingPlace::take(&self.waiting, self.max_waiting).ok_or(PasswordError::Overloaded)?;
-                let waited = tokio::time::timeout(QUEUE_WAIT, self.slots.clone().acquire_owned()).await;
-                drop(place);
+                let max_for_client = (self.max_waiting / CLIENT_SHARE_OF_WAITING).max(1);
+                let (client_place, turn) =
+                    ClientPlace::take(&self.clients, client, max_for_client).ok_or(PasswordError::Overloaded)?;
+                let queued = async {
+                    // This client's earlier calls go first; then one place in the slots' queue.
+                    let _turn = turn.lock().await;
+                    self.slots.clone().acquire_owned().await
+                };
+                let waited = tokio::time::timeout(QUEUE_WAIT, queued).await;
+                drop((client_place, place));
                 waited.map_err(|_| PasswordError::Overloaded)?.expect("the semaphore is never closed")
             }
         };
@@ -210,5 +232,49 @@ impl<'a> WaitingPlace<'a> {
 impl Drop for WaitingPlace<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One client's calls waiting for a slot, and its turn: the lock its waiting calls take one at a
+/// time (tokio's Mutex is FIFO) before they queue for a slot.
+#[derive(Default)]
+struct ClientQueue {
+    waiting: usize,
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// One of a client's waiting places, given back on drop; the client's entry goes with its last.
+struct ClientPlace<'a> {
+    clients: &'a Mutex<HashMap<String, ClientQueue>>,
+    client: String,
+}
+
+impl<'a> ClientPlace<'a> {
+    /// A place for `client` and its turn, or None when it already has `max` calls waiting.
+    fn take(
+        clients: &'a Mutex<HashMap<String, ClientQueue>>,
+        client: &str,
+        max: usize,
+    ) -> Option<(Self, Arc<tokio::sync::Mutex<()>>)> {
+        let mut map = clients.lock().expect("no panics while holding this lock");
+        let queue = map.entry(client.to_owned()).or_default();
+        if queue.waiting >= max {
+            return None;
+        }
+        queue.waiting += 1;
+        let turn = queue.turn.clone();
+        Some((Self { clients, client: client.to_owned() }, turn))
+    }
+}
+
+impl Drop for ClientPlace<'_> {
+    fn drop(&mut self) {
+        let mut map = self.clients.lock().expect("no panics while holding this lock");
+        if let Some(queue) = map.get_mut(&self.client) {
+            queue.waiting -= 1;
+            if queue.waiting == 0 {
+                map.remove(&self.client);
+            }
+        }
     }
 }

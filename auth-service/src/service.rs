@@ -79,7 +79,7 @@ impl AuthApi {
             self.hasher.pace(started).await;
             return Err(AuthError::TooManyAttempts { retry_after });
         }
-        if self.hasher.verify(password, hash).await? {
+        if self.hasher.verify(password, hash, keys.client()).await? {
             self.throttle.succeeded(keys).await?;
             Ok(())
         } else {
@@ -99,15 +99,15 @@ impl AuthApi {
     /// after the reply, so the login that triggers it is not slowed down.
     /// The write only lands if the stored hash is still the one that was verified, so that it
     /// can never undo a password change made in between.
-    fn upgrade_hash_if_needed(&self, user_id: Uuid, stored_hash: &str, password: &str) {
+    fn upgrade_hash_if_needed(&self, user_id: Uuid, stored_hash: &str, password: &str, client: &str) {
         let stored_cost = crate::passwords::cost_of(stored_hash);
         if stored_cost == Some(self.hasher.cost()) {
             return;
         }
         let (pool, hasher) = (self.pool.clone(), self.hasher.clone());
-        let (stored_hash, password) = (stored_hash.to_owned(), password.to_owned());
+        let (stored_hash, password, client) = (stored_hash.to_owned(), password.to_owned(), client.to_owned());
         tokio::spawn(async move {
-            let upgraded = match hasher.hash(&password).await {
+            let upgraded = match hasher.hash(&password, &client).await {
                 Ok(hash) => {
                     store::replace_password_hash(&pool, user_id, &stored_hash, &hash).await.map_err(|e| e.to_string())
                 }
@@ -128,7 +128,7 @@ impl AuthApi {
         if let Some(retry_after) = self.throttle.sign_up_attempt(client).await? {
             return Err(AuthError::TooManySignUps { retry_after });
         }
-        let hash = self.hasher.hash(password.expose()).await?;
+        let hash = self.hasher.hash(password.expose(), &crate::throttle::client_key(client)).await?;
         let mut tx = self.pool.begin().await?;
         let user = store::insert_user(&mut tx, email.as_str(), &hash).await.map_err(email_taken_or)?;
         let tokens = self.open_session(&mut tx, user.id).await?;
@@ -162,7 +162,7 @@ impl AuthApi {
         }
         let tokens = self.open_session(&mut tx, credentials.id).await?;
         tx.commit().await?;
-        self.upgrade_hash_if_needed(credentials.id, &credentials.password_hash, password.expose());
+        self.upgrade_hash_if_needed(credentials.id, &credentials.password_hash, password.expose(), keys.client());
         Ok(LoginResponse { user: Some(user_message(&credentials.user())), tokens: Some(tokens) })
     }
 
@@ -236,7 +236,7 @@ impl AuthApi {
         let credentials = store::credentials_of(&self.pool, &caller).await?.ok_or(TokenError::Revoked)?;
         let keys = AttemptKeys::new(&credentials.email, client);
         self.check_password(&keys, current.expose(), Some(&credentials.password_hash)).await?;
-        let hash = self.hasher.hash(new.expose()).await?;
+        let hash = self.hasher.hash(new.expose(), keys.client()).await?;
         let mut tx = self.pool.begin().await?;
         store::set_password_hash(&mut tx, &caller, &hash).await?;
         // Every existing session ends, the caller's own included: the new pair starts a new one.

@@ -43,6 +43,17 @@ impl AttemptKeys {
     pub fn new(email: &str, address: Option<IpAddr>) -> Self {
         Self { account: format!("account:{email}"), address: address.map(|ip| format!("address:{}", client_of(ip))) }
     }
+
+    /// The client these attempts come from, as `client_key` names it.
+    pub fn client(&self) -> &str {
+        self.address.as_deref().unwrap_or_default()
+    }
+}
+
+/// The client an address stands for, as a key (`address:203.0.113.7`, `address:2001:db8:0:1::/64`;
+/// "" when the address is unknown): what the throttle counts by and bcrypt's queue shares by.
+pub fn client_key(address: Option<IpAddr>) -> String {
+    address.map(|ip| format!("address:{}", client_of(ip))).unwrap_or_default()
 }
 
 /// Whom an address stands for: an IPv4 address, or an IPv6 /64.
