@@ -48,6 +48,17 @@ pub async fn until_serving(addr: SocketAddr) -> Duration {
     }
 }
 
+/// A process's resident memory now, in bytes (`VmRSS` of /proc/PID/status).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's status");
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("a VmRSS line in kB");
+    kib * 1024
+}
+
 impl ServiceProcess {
     /// Starts `binary` on the test database `db` (as `crate::db_config` reaches it: directly, or
     /// through PgBouncer with its pool mode) with `env` on top of a clean environment for the
@@ -94,6 +105,11 @@ impl ServiceProcess {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         None
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: no drain, no cleanup, as in a crash or an OOM kill.
