@@ -31,6 +31,19 @@ async fn health_is_serving_for_the_server_and_the_named_services() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
+    // Watch on that name, as the health checking protocol says: SERVICE_UNKNOWN, and the stream
+    // stays open (the name may be registered later; shared/tests/health_watch.rs shows that).
+    for addr in [app.auth_server.addr, app.task_server.addr] {
+        let mut watch = HealthClient::new(testkit::channel(addr).await)
+            .watch(HealthCheckRequest { service: "no.such.Service".into() })
+            .await
+            .expect("Watch on an unknown name is not refused")
+            .into_inner();
+        let first = watch.message().await.unwrap().expect("a first status");
+        assert_eq!(first.status(), ServingStatus::ServiceUnknown);
+        let next = tokio::time::timeout(std::time::Duration::from_millis(1500), watch.message()).await;
+        assert!(next.is_err(), "the stream stays open and quiet: {next:?}");
+    }
 }
 
 #[tokio::test]

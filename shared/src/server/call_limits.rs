@@ -1,14 +1,19 @@
 //! Per-call limits that need the request: the client's deadline (`grpc-timeout`) becomes the
 //! deadline of the call's database work (`database::deadline`), so each statement gets a
 //! `statement_timeout` of the time left (the query is cancelled by PostgreSQL, not left running
-//! after the client gave up); and an oversized request, which tonic reports as OUT_OF_RANGE, is
-//! answered with RESOURCE_EXHAUSTED as the gRPC spec asks.
+//! after the client gave up), and when it passes before the answer is ready the call is answered
+//! DEADLINE_EXCEEDED here (tonic's own timer, which would answer CANCELLED "Timeout expired", is
+//! set just after this one and polls this answer first); and an oversized request, which tonic
+//! reports as OUT_OF_RANGE, is answered with RESOURCE_EXHAUSTED as the gRPC spec asks.
 
 use futures_util::FutureExt;
 use futures_util::future::Map;
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::task::futures::TaskLocalFuture;
+use tokio::time::Sleep;
 
 /// The largest request message a service accepts (`max_decoding_message_size`): the biggest
 /// legitimate one (a task with a 255-character title and a 1000-character description) is a
@@ -65,8 +70,8 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    // No box: a task-local scope around a mapped future.
-    type Future = TaskLocalFuture<Option<Instant>, Map<S::Future, Rewrite<R, S::Error>>>;
+    // No box: a deadline around a task-local scope around a mapped future.
+    type Future = Deadline<TaskLocalFuture<Option<Instant>, Map<S::Future, Rewrite<R, S::Error>>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -79,7 +84,44 @@ where
             .and_then(parse_grpc_timeout)
             .and_then(|timeout| Instant::now().checked_add(timeout));
         let rewrite: Rewrite<R, S::Error> = oversized_is_resource_exhausted;
-        crate::database::deadline::scope(deadline, self.inner.call(request).map(rewrite))
+        Deadline {
+            // Made here, in `call`, so that it is due no later than tonic's (made after this
+            // returns): when both fire in one timer tick, tonic polls this answer first.
+            sleep: deadline.map(|at| tokio::time::sleep_until(at.into())),
+            inner: crate::database::deadline::scope(deadline, self.inner.call(request).map(rewrite)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call's answer, or DEADLINE_EXCEEDED once its `grpc-timeout` has passed (for a stream:
+    /// before its response headers; afterwards the client's own deadline ends it).
+    pub struct Deadline<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Option<Sleep>,
+    }
+}
+
+impl<F, R: Default, E> Future for Deadline<F>
+where
+    F: Future<Output = Result<http::Response<R>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let ready @ Poll::Ready(_) = this.inner.poll(cx) {
+            return ready;
+        }
+        match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Ok(tonic::Status::deadline_exceeded(
+                "the call's deadline (grpc-timeout) passed before it was answered",
+            )
+            .into_http())),
+            _ => Poll::Pending,
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod connections;
 pub mod endpoint;
 pub mod grpc_web;
 pub mod health;
+pub mod health_service;
 pub mod in_flight;
 pub mod metrics;
 pub mod proto_time;

@@ -59,7 +59,8 @@ pub async fn serve(
         None => (None, None),
     };
     let tls = extras.endpoint.tls.as_ref().map(|files| files.acceptor()).transpose()?;
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let reporter = tonic_health::server::HealthReporter::new();
+    let health_service = crate::server::health_service::service(&reporter);
     crate::server::health::set_all(&reporter, services, ServingStatus::NotServing).await;
     let ready = Ready::default();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();

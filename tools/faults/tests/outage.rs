@@ -3,7 +3,8 @@
 //! UNAVAILABLE (never INTERNAL, never past the client's deadline) and health turns NOT_SERVING;
 //! within 2 s of the database being back both services serve again, without a restart; every
 //! CreateTask that returned OK is in the database. The same again behind PgBouncer in transaction
-//! mode, where the pooler stays up and PostgreSQL behind it goes away.
+//! mode, where the pooler stays up and PostgreSQL behind it goes away. And a deadline that passes
+//! while PostgreSQL is frozen (SIGSTOP) is answered DEADLINE_EXCEEDED, never CANCELLED.
 
 use faults::{DedicatedPostgres, Services, health, lazy_channel, wait_for_health, with_deadline};
 use localpg::pgbouncer::PgBouncer;
@@ -311,4 +312,128 @@ async fn outage(mode: &str, via_pgbouncer: bool) {
     println!("{} creates acknowledged, all stored ({} tasks in the database)", acknowledged.len(), stored.len());
     services.auth.stop().await.unwrap();
     services.task.stop().await.unwrap();
+}
+
+/// Sends SIGSTOP to every process of a PostgreSQL, and SIGCONT when dropped, whatever the test did.
+struct Frozen(Vec<u32>);
+
+impl Frozen {
+    fn signal(pids: &[u32], name: &str) {
+        for pid in pids {
+            let _ = std::process::Command::new("kill").args([name, &pid.to_string()]).status();
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        Self::signal(&self.0, "-CONT");
+    }
+}
+
+/// A unary gRPC call by hand over HTTP/2, sending `grpc-timeout: <deadline>` without timing the
+/// call out on this side (tonic's client would, at the same instant, and answer CANCELLED itself):
+/// the server's own status code and message, or None if it did not answer within 5 s more.
+async fn call_with_deadline(
+    addr: SocketAddr,
+    path: &str,
+    message: impl prost::Message,
+    token: &str,
+    deadline: Duration,
+) -> Option<(i32, String)> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {token}"))
+        .header("grpc-timeout", format!("{}m", deadline.as_millis()))
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    let encoded = message.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    body.send_data(frame.into(), true).unwrap();
+    let answer = async {
+        let response = response.await.unwrap();
+        let headers = response.headers().clone();
+        let mut body = response.into_body();
+        while let Some(data) = body.data().await {
+            let _ = data.unwrap();
+        }
+        // A trailers-only answer carries the status in its headers.
+        let trailers = body.trailers().await.unwrap().unwrap_or(headers);
+        let code = trailers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(-1);
+        let message = trailers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        (code, message)
+    };
+    tokio::time::timeout(deadline + Duration::from_secs(5), answer).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_that_passes_while_the_database_hangs_is_deadline_exceeded_never_cancelled() {
+    // A frozen PostgreSQL (every process stopped with SIGSTOP) answers nothing, so
+    // statement_timeout cannot end the calls: the client's grpc-timeout passes in the server.
+    // tonic's own timer would answer CANCELLED "Timeout expired", which clients that retry on
+    // DEADLINE_EXCEEDED or UNAVAILABLE give up on.
+    let _one = ONE_AT_A_TIME.lock().await;
+    let pg = DedicatedPostgres::start();
+    let services = Services::spawn(pg.db_config()).await;
+    for addr in [services.auth.addr, services.task.addr] {
+        wait_for_health(addr, ServingStatus::Serving, Duration::from_secs(20)).await.expect("serving before the test");
+    }
+    let mut auth = AuthServiceClient::new(lazy_channel(services.auth.addr));
+    let tasks = TaskServiceClient::new(lazy_channel(services.task.addr));
+    let request = SignUpRequest { email: "frozen@example.com".into(), password: testkit::PASSWORD.into() };
+    let token = auth.sign_up(request).await.unwrap().into_inner().tokens.unwrap().access_token;
+
+    let processes = pg.server.processes();
+    assert!(processes.len() > 2, "the postmaster and its children: {processes:?}");
+    let frozen = Frozen(processes);
+    Frozen::signal(&frozen.0, "-STOP");
+    // Calls on both services, each with a 400 ms deadline, one after another, for 3 s: at first
+    // they hang on the frozen database; once the health probe notices (2 s), they are refused.
+    let started = Instant::now();
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        n += 1;
+        let deadline = Duration::from_millis(400);
+        let create = CreateTaskRequest { title: format!("frozen {n}"), ..Default::default() };
+        let (task, auth_addr) = (services.task.addr, services.auth.addr);
+        let answers = [
+            call_with_deadline(task, "/todo.task.v1.TaskService/CreateTask", create, &token, deadline).await,
+            call_with_deadline(
+                task,
+                "/todo.task.v1.TaskService/ListTasks",
+                ListTasksRequest::default(),
+                &token,
+                deadline,
+            )
+            .await,
+            call_with_deadline(
+                auth_addr,
+                "/todo.auth.v1.AuthService/GetCurrentUser",
+                GetCurrentUserRequest {},
+                &token,
+                deadline,
+            )
+            .await,
+        ];
+        for answer in answers {
+            let (code, message) = answer.expect("the server answers a call whose deadline passed");
+            let code = Code::from_i32(code);
+            *outcomes.entry(format!("{code:?}")).or_default() += 1;
+            assert!(
+                matches!(code, Code::DeadlineExceeded | Code::Unavailable),
+                "a call during the outage got {code:?} {message:?}"
+            );
+        }
+    }
+    drop(frozen);
+    println!("calls on a frozen database, by outcome: {outcomes:?}");
+    assert!(outcomes.contains_key("DeadlineExceeded"), "some calls met their deadline in the server: {outcomes:?}");
 }

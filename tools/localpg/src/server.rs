@@ -173,6 +173,20 @@ impl PrivatePostgres {
         format!("postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}", self.password, self.port)
     }
 
+    /// The postmaster's process id and those of its children (the backends, the background
+    /// processes): what a test stops with SIGSTOP to freeze the whole server. Empty when the
+    /// server is not running.
+    pub fn processes(&self) -> Vec<u32> {
+        let pid_file = std::fs::read_to_string(self.root.join("data").join("postmaster.pid")).unwrap_or_default();
+        let Some(postmaster) = pid_file.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) else {
+            return Vec::new();
+        };
+        // /proc/PID/task/PID/children lists the direct children (Linux 3.5+).
+        let children =
+            std::fs::read_to_string(format!("/proc/{postmaster}/task/{postmaster}/children")).unwrap_or_default();
+        std::iter::once(postmaster).chain(children.split_whitespace().filter_map(|c| c.parse().ok())).collect()
+    }
+
     pub fn log_file(&self) -> PathBuf {
         self.root.join("server.log")
     }
