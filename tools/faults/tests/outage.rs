@@ -386,7 +386,6 @@ async fn a_deadline_that_passes_while_the_database_hangs_is_deadline_exceeded_ne
         wait_for_health(addr, ServingStatus::Serving, Duration::from_secs(20)).await.expect("serving before the test");
     }
     let mut auth = AuthServiceClient::new(lazy_channel(services.auth.addr));
-    let tasks = TaskServiceClient::new(lazy_channel(services.task.addr));
     let request = SignUpRequest { email: "frozen@example.com".into(), password: testkit::PASSWORD.into() };
     let token = auth.sign_up(request).await.unwrap().into_inner().tokens.unwrap().access_token;
 
