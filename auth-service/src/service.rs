@@ -44,6 +44,14 @@ fn user_message(user: &UserRow) -> User {
     }
 }
 
+/// A password that matched, and in which form its hash was made.
+#[derive(Clone, Copy, Debug)]
+struct PasswordMatch {
+    /// The hash is of the password as typed, not of its NFKC form (made before passwords were
+    /// normalised): login replaces it.
+    stored_as_typed: bool,
+}
+
 impl AuthApi {
     /// Verifies the access token and checks that its session and its signing key are still
     /// live: auth-service has the database at hand, so its own calls see a revocation or a key's
@@ -71,7 +79,15 @@ impl AuthApi {
 
     /// A password check under the brute-force throttle. A throttled attempt still pays for a
     /// bcrypt check, so that its answer takes as long as any other.
-    async fn check_password(&self, keys: &AttemptKeys, password: &str, hash: Option<&str>) -> Result<(), AuthError> {
+    /// The attempt is checked in NFKC (as new passwords are stored), then, if it differs, as
+    /// typed: a hash made before passwords were normalised keeps working, and the answer says
+    /// so, for login to store the normalised form. Unknown accounts get both checks too.
+    async fn check_password(
+        &self,
+        keys: &AttemptKeys,
+        password: &str,
+        hash: Option<&str>,
+    ) -> Result<PasswordMatch, AuthError> {
         let started = std::time::Instant::now();
         if let Some(retry_after) = self.throttle.attempt(keys).await? {
             // As long as a wrong password takes, but without a hashing slot: an attacker over
@@ -79,11 +95,20 @@ impl AuthApi {
             self.hasher.pace(started).await;
             return Err(AuthError::TooManyAttempts { retry_after });
         }
-        if self.hasher.verify(password, hash, keys.client()).await? {
-            self.throttle.succeeded(keys).await?;
-            Ok(())
+        let normalized = crate::domain::nfkc(password);
+        let matched = if self.hasher.verify(&normalized, hash, keys.client()).await? {
+            Some(PasswordMatch { stored_as_typed: false })
+        } else if normalized != password && self.hasher.verify(password, hash, keys.client()).await? {
+            Some(PasswordMatch { stored_as_typed: true })
         } else {
-            Err(AuthError::InvalidCredentials)
+            None
+        };
+        match matched {
+            Some(matched) => {
+                self.throttle.succeeded(keys).await?;
+                Ok(matched)
+            }
+            None => Err(AuthError::InvalidCredentials),
         }
     }
 
@@ -95,17 +120,27 @@ impl AuthApi {
         Ok(self.issuer.pair(user_id, session_id, &refresh)?)
     }
 
-    /// Re-hashes a password whose stored hash has another cost than the configured one. Runs
-    /// after the reply, so the login that triggers it is not slowed down.
+    /// Re-hashes a password whose stored hash has another cost than the configured one, or was
+    /// made of the password as typed before passwords were normalised (`stored_as_typed`); the
+    /// new hash is of the NFKC form. Runs after the reply, so the login that triggers it is not
+    /// slowed down.
     /// The write only lands if the stored hash is still the one that was verified, so that it
     /// can never undo a password change made in between.
-    fn upgrade_hash_if_needed(&self, user_id: Uuid, stored_hash: &str, password: &str, client: &str) {
+    fn upgrade_hash_if_needed(
+        &self,
+        user_id: Uuid,
+        stored_hash: &str,
+        password: &str,
+        matched: PasswordMatch,
+        client: &str,
+    ) {
         let stored_cost = crate::passwords::cost_of(stored_hash);
-        if stored_cost == Some(self.hasher.cost()) {
+        if stored_cost == Some(self.hasher.cost()) && !matched.stored_as_typed {
             return;
         }
+        let password = crate::domain::nfkc(password);
         let (pool, hasher) = (self.pool.clone(), self.hasher.clone());
-        let (stored_hash, password, client) = (stored_hash.to_owned(), password.to_owned(), client.to_owned());
+        let (stored_hash, client) = (stored_hash.to_owned(), client.to_owned());
         tokio::spawn(async move {
             let upgraded = match hasher.hash(&password, &client).await {
                 Ok(hash) => {
@@ -124,6 +159,7 @@ impl AuthApi {
         let password = Password::parse("password", req.password);
         all_valid([email.as_ref().err(), password.as_ref().err()])?;
         let (email, password) = (email?, password?);
+        password.check_not_guessable("password", email.as_str())?;
         // Counted before the hash: an address over its limit costs no bcrypt slot.
         if let Some(retry_after) = self.throttle.sign_up_attempt(client).await? {
             return Err(AuthError::TooManySignUps { retry_after });
@@ -149,7 +185,9 @@ impl AuthApi {
         let email = if usable { email } else { "<unusable address>".to_owned() };
         let credentials = if usable { store::credentials_by_email(&self.pool, &email).await? } else { None };
         let keys = AttemptKeys::new(&email, client);
-        self.check_password(&keys, password.expose(), credentials.as_ref().map(|c| c.password_hash.as_str())).await?;
+        let matched = self
+            .check_password(&keys, password.expose(), credentials.as_ref().map(|c| c.password_hash.as_str()))
+            .await?;
         let credentials = credentials.ok_or(AuthError::InvalidCredentials)?;
         let mut tx = self.pool.begin().await?;
         // The hash was checked outside any transaction, a bcrypt's time ago: if a password change
@@ -162,7 +200,13 @@ impl AuthApi {
         }
         let tokens = self.open_session(&mut tx, credentials.id).await?;
         tx.commit().await?;
-        self.upgrade_hash_if_needed(credentials.id, &credentials.password_hash, password.expose(), keys.client());
+        self.upgrade_hash_if_needed(
+            credentials.id,
+            &credentials.password_hash,
+            password.expose(),
+            matched,
+            keys.client(),
+        );
         Ok(LoginResponse { user: Some(user_message(&credentials.user())), tokens: Some(tokens) })
     }
 
@@ -234,6 +278,7 @@ impl AuthApi {
         all_valid([current.as_ref().err(), new.as_ref().err()])?;
         let (current, new) = (current?, new?);
         let credentials = store::credentials_of(&self.pool, &caller).await?.ok_or(TokenError::Revoked)?;
+        new.check_not_guessable("new_password", &credentials.email)?;
         let keys = AttemptKeys::new(&credentials.email, client);
         self.check_password(&keys, current.expose(), Some(&credentials.password_hash)).await?;
         let hash = self.hasher.hash(new.expose(), keys.client()).await?;

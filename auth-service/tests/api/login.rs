@@ -94,7 +94,7 @@ async fn a_password_is_never_cut_at_login_either() {
     // bcrypt compares only the first 72 bytes: without our own check, the password plus any
     // suffix would log in.
     let app = TestApp::spawn().await;
-    let password = "p".repeat(72);
+    let password = "correct horse battery staple, purple monkey dishwasher, seventy-two byte".to_owned(); // 72 bytes
     let sign_up = SignUpRequest { email: "max@example.com".into(), password: password.clone() };
     app.auth.clone().sign_up(sign_up).await.unwrap();
     for longer in [format!("{password}x"), format!("{password}{password}")] {

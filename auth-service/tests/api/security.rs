@@ -195,13 +195,15 @@ async fn throttled_attempts_take_no_hashing_slot_and_everyone_else_still_logs_in
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_flooding_password_checks_gets_its_turn_and_another_address_still_logs_in() {
-    // At cost 12 (about 250 ms a check) two cores have 2 slots and 16 waiting places. One address
-    // keeps 16 logins in flight; first come first served, the other address's logins would wait
-    // behind its 14 waiting ones, seven checks' time, past the 1 s limit (OVERLOADED). In turns,
-    // they wait behind at most one of them.
+    // Two cores have 2 hashing slots and 16 waiting places. One address keeps 32 logins going;
+    // first come first served, they would hold every waiting place and the other address's
+    // logins would be refused (OVERLOADED) at once. Shared fairly, the flood holds at most half
+    // the places and has one call in line at a time, so the other address waits about one
+    // check. Cost 10 (about 60 ms a check) leaves that wait far below the 1 s limit even when
+    // other tests share the cores.
     let db = TestDatabase::new().await;
     let mut config = auth_config(&db);
-    config.bcrypt_cost = 12;
+    config.bcrypt_cost = 10;
     config.throttle.max_failures_per_account = 100_000;
     config.throttle.max_failures_per_address = 100_000;
     let server = spawn_auth(config).await;
@@ -211,7 +213,7 @@ async fn one_address_flooding_password_checks_gets_its_turn_and_another_address_
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut flood = Vec::new();
-    for _ in 0..16 {
+    for _ in 0..32 {
         let (mut c, stop) = (flooder.clone(), stop.clone());
         flood.push(tokio::spawn(async move {
             let (mut checked, mut shed) = (0, 0);
@@ -219,7 +221,7 @@ async fn one_address_flooding_password_checks_gets_its_turn_and_another_address_
                 match login(&mut c, "bystander@example.com", "a wrong guess").await {
                     Err(e) if testkit::reason(&e) == "OVERLOADED" => {
                         shed += 1;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     Err(e) => {
                         assert_error(&e, Code::Unauthenticated, "INVALID_CREDENTIALS");
@@ -249,13 +251,9 @@ async fn one_address_flooding_password_checks_gets_its_turn_and_another_address_
     println!(
         "bystander's logins took {took:?}, refused: {refused:?}; the flooder had {checked} checks and {shed} OVERLOADED"
     );
-    // One refusal in six is tolerated: on two cores shared with the database and the test, a
-    // check can take twice its time now and then. Without turns, all six are refused.
+    // One refusal in six is tolerated: on two cores shared with the database and other tests, a
+    // check can take many times its time now and then. First come first served, all six are.
     assert!(refused.len() <= 1, "the other address was refused: {refused:?} (served in {took:?})");
-    // Served behind the whole flood, a login takes the full 1 s queue wait and its check (about
-    // 1.2 s here); in turns, about half a second.
-    took.sort();
-    assert!(took[took.len() / 2] < Duration::from_secs(1), "the other address waited for the flood: {took:?}");
     assert!(shed > 0, "the flood was more than the queue holds");
     assert!(checked > 0, "the flooding address is still served, in its turn");
 }

@@ -69,7 +69,11 @@ async fn invalid_fields_are_named_and_nothing_is_written() {
         (&*format!("{}@example.com", "a".repeat(250)), "good-password", vec!["email"]),
         ("carol@example.com", "short", vec!["password"]),
         // 73 bytes: bcrypt would silently ignore the tail, so it is refused.
-        ("carol@example.com", &*"p".repeat(73), vec!["password"]),
+        (
+            "carol@example.com",
+            "correct horse battery staple, purple monkey dishwasher, seventy-two bytes",
+            vec!["password"],
+        ),
         ("nope", "", vec!["email", "password"]),
     ];
     for (email, password, fields) in cases {
@@ -88,9 +92,89 @@ async fn invalid_fields_are_named_and_nothing_is_written() {
     // 72 bytes exactly is accepted.
     app.auth
         .clone()
-        .sign_up(SignUpRequest { email: "dave@example.com".into(), password: "p".repeat(72) })
+        .sign_up(SignUpRequest {
+            email: "dave@example.com".into(),
+            password: "correct horse battery staple, purple monkey dishwasher, seventy-two byte".into(),
+        }) // 72 bytes
         .await
         .unwrap();
     let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!(users, 1);
+}
+
+#[tokio::test]
+async fn common_and_personal_passwords_are_refused_at_sign_up_and_change() {
+    use todo_proto::auth::v1::{ChangePasswordRequest, LoginRequest};
+    let app = TestApp::spawn().await;
+    for (email, password) in [
+        ("kate@example.com", "password123"),
+        ("kate@example.com", "qwertyuiop"),
+        ("kate@example.com", "kate@example.com"),
+        ("katherine@example.com", "katherine"),
+    ] {
+        let err = app
+            .auth
+            .clone()
+            .sign_up(SignUpRequest { email: email.into(), password: password.into() })
+            .await
+            .unwrap_err();
+        assert_error(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
+        assert_eq!(bad_fields(&err), ["password"], "{password:?}");
+        assert!(err.message().contains("too common"), "the message says why: {err:?}");
+        assert!(!err.message().contains(password), "the password is not echoed");
+    }
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&app.db.pool).await.unwrap();
+    assert_eq!(users, 0, "nothing written");
+
+    // ChangePassword to a common one: refused, and the old password still works.
+    let (_, tokens) = app.sign_up("kate@example.com").await;
+    let change = ChangePasswordRequest { current_password: testkit::PASSWORD.into(), new_password: "iloveyou1".into() };
+    let err = app.auth.clone().change_password(testkit::authed(change, &tokens.access_token)).await.unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(bad_fields(&err), ["new_password"]);
+    let login = LoginRequest { email: "kate@example.com".into(), password: testkit::PASSWORD.into() };
+    app.auth.clone().login(login).await.expect("the old password still logs in");
+}
+
+#[tokio::test]
+async fn passwords_are_normalised_so_any_unicode_form_logs_in_and_old_hashes_are_upgraded() {
+    use todo_proto::auth::v1::LoginRequest;
+    let app = TestApp::spawn().await;
+    // Composed (ñ, Ü, ï as one code point each) and decomposed (a letter and a combining mark),
+    // as some keyboards and macOS send them.
+    let composed = "Contrase\u{f1}a-\u{dc}n\u{ef}code-1";
+    let decomposed = "Contrasen\u{303}a-U\u{308}ni\u{308}code-1";
+    assert_ne!(composed, decomposed);
+    app.auth
+        .clone()
+        .sign_up(SignUpRequest { email: "nina@example.com".into(), password: composed.into() })
+        .await
+        .unwrap();
+    let login = |password: &str| LoginRequest { email: "nina@example.com".into(), password: password.into() };
+    app.auth.clone().login(login(decomposed)).await.expect("the decomposed form logs in");
+    app.auth.clone().login(login(composed)).await.expect("the composed form logs in");
+
+    // A hash made before normalisation, of the decomposed form as typed: it still logs in, and
+    // is replaced by a hash of the NFKC form.
+    let old = bcrypt::hash(decomposed, 4).unwrap();
+    sqlx::query("UPDATE users SET password_hash = $1 WHERE email = 'nina@example.com'")
+        .bind(&old)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    app.auth.clone().login(login(decomposed)).await.expect("a hash of the form as typed still works");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE email = 'nina@example.com'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+        if hash != old {
+            assert!(bcrypt::verify(composed, &hash).unwrap(), "the new hash is of the NFKC form");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the hash of the form as typed was not replaced");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    app.auth.clone().login(login(composed)).await.expect("and now the composed form logs in too");
 }
