@@ -23,6 +23,12 @@ pub struct AuthConfig {
     /// PEM (PKCS#8) Ed25519 private key; None means a fresh key per start (development).
     pub signing_key_file: Option<PathBuf>,
     pub refresh_token_ttl: Duration,
+    /// How long a session may last from its login whatever its use
+    /// (`SESSION_MAX_LIFETIME_SECONDS`, default 30 days; ASVS 5.0 V7.3.2).
+    pub session_max_lifetime: Duration,
+    /// How long a session may go without a refresh (`SESSION_IDLE_TIMEOUT_SECONDS`, default 7
+    /// days, at most the lifetime; ASVS 5.0 V7.3.1).
+    pub session_idle_timeout: Duration,
     /// How long a spent refresh token may still be exchanged, for concurrent refreshes.
     pub refresh_reuse_grace: Duration,
     pub bcrypt_cost: u32,
@@ -45,6 +51,18 @@ impl AuthConfig {
         {
             return Err(ConfigError::new("SIGNING_KEY_FILE", format!("{} is not a readable file", path.display())));
         }
+        let session_max_lifetime = seconds(env, "SESSION_MAX_LIFETIME_SECONDS", 30 * 86_400, 300..=365 * 86_400)?;
+        let session_idle_timeout = seconds(env, "SESSION_IDLE_TIMEOUT_SECONDS", 7 * 86_400, 60..=365 * 86_400)?;
+        if session_idle_timeout > session_max_lifetime {
+            return Err(ConfigError::new(
+                "SESSION_IDLE_TIMEOUT_SECONDS",
+                format!(
+                    "must be at most SESSION_MAX_LIFETIME_SECONDS ({}), got {}",
+                    session_max_lifetime.as_secs(),
+                    session_idle_timeout.as_secs()
+                ),
+            ));
+        }
         Ok(Self {
             addr: socket_addr(env, "AUTH_ADDR", DEFAULT_ADDR)?,
             db: DbConfig::from_env(env)?,
@@ -52,6 +70,8 @@ impl AuthConfig {
             drain_timeout: drain_timeout(env)?,
             signing_key_file,
             refresh_token_ttl: seconds(env, "REFRESH_TOKEN_TTL_SECONDS", 30 * 86_400, 60..=365 * 86_400)?,
+            session_max_lifetime,
+            session_idle_timeout,
             refresh_reuse_grace: seconds(env, "REFRESH_REUSE_GRACE_SECONDS", 5, 0..=60)?,
             bcrypt_cost,
             throttle: ThrottleConfig {
@@ -87,6 +107,8 @@ mod tests {
         assert_eq!(c.refresh_token_ttl, Duration::from_secs(30 * 86_400));
         assert_eq!(c.bcrypt_cost, 12);
         assert_eq!(c.refresh_reuse_grace, Duration::from_secs(5));
+        assert_eq!(c.session_max_lifetime, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.session_idle_timeout, Duration::from_secs(7 * 86_400));
         assert_eq!(c.throttle.max_failures_per_account, 5);
         assert_eq!(c.throttle.max_failures_per_address, 100);
         assert_eq!(c.throttle.window, Duration::from_secs(900));
@@ -102,6 +124,9 @@ mod tests {
             ("ACCESS_TOKEN_TTL_SECONDS", "0"),
             ("SIGNING_KEY_FILE", "/nonexistent/key.pem"),
             ("METRICS_ADDR", "anywhere"),
+            ("SESSION_MAX_LIFETIME_SECONDS", "10"),
+            // Longer than the default lifetime (30 days).
+            ("SESSION_IDLE_TIMEOUT_SECONDS", "3000000"),
         ] {
             let env: &[(&str, &str)] = &[("DATABASE_URL", "postgres://h/db"), (var, value)];
             assert_eq!(AuthConfig::from_env(&env).unwrap_err().var, var, "{var}={value}");

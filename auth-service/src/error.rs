@@ -19,6 +19,10 @@ pub enum AuthError {
     Token(#[from] TokenError),
     #[error("refresh token reused")]
     RefreshTokenReused,
+    /// The session is past its lifetime (`idle`: past its inactivity timeout): UNAUTHENTICATED
+    /// `SESSION_EXPIRED`; it is revoked, and the user logs in again.
+    #[error("session expired")]
+    SessionExpired { idle: bool },
     #[error("too many failed attempts")]
     TooManyAttempts { retry_after: std::time::Duration },
     /// This address signed up `SIGNUP_MAX_PER_ADDRESS` times in the window: RESOURCE_EXHAUSTED
@@ -73,6 +77,16 @@ impl From<AuthError> for Status {
                 AUTH_DOMAIN,
                 "REFRESH_TOKEN_REUSED",
                 "this refresh token was already used; the session has been revoked, log in again",
+            ),
+            AuthError::SessionExpired { idle } => with_reason(
+                Code::Unauthenticated,
+                AUTH_DOMAIN,
+                "SESSION_EXPIRED",
+                if idle {
+                    "the session was not used for longer than its inactivity timeout; log in again"
+                } else {
+                    "the session has reached its maximum lifetime; log in again"
+                },
             ),
             AuthError::TooManyAttempts { retry_after } => with_retry(
                 Code::ResourceExhausted,

@@ -61,6 +61,8 @@ pub async fn serve(
         issuer: issuer.clone(),
         verifier: Arc::new(TokenVerifier::new(keyring.clone(), &config.token)),
         refresh_ttl: config.refresh_token_ttl,
+        session_max_lifetime: config.session_max_lifetime,
+        session_idle_timeout: config.session_idle_timeout,
         refresh_reuse_grace: config.refresh_reuse_grace,
         throttle: throttle::LoginThrottle::new(pool.clone(), config.throttle.clone()),
     };

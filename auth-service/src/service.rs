@@ -31,6 +31,9 @@ pub struct AuthApi {
     pub(crate) issuer: Arc<TokenIssuer>,
     pub(crate) verifier: Arc<TokenVerifier>,
     pub(crate) refresh_ttl: Duration,
+    /// `SESSION_MAX_LIFETIME_SECONDS` and `SESSION_IDLE_TIMEOUT_SECONDS`.
+    pub(crate) session_max_lifetime: Duration,
+    pub(crate) session_idle_timeout: Duration,
     pub(crate) refresh_reuse_grace: Duration,
     pub(crate) throttle: LoginThrottle,
 }
@@ -116,7 +119,8 @@ impl AuthApi {
     async fn open_session(&self, tx: &mut Tx, user_id: Uuid) -> Result<TokenPair, AuthError> {
         let session_id = store::create_session(&mut *tx, user_id).await?;
         let refresh = NewRefreshToken::generate();
-        store::insert_refresh_token(&mut *tx, session_id, &refresh.hash, refresh_expiry(self.refresh_ttl)).await?;
+        let ttl = self.refresh_ttl.min(self.session_max_lifetime);
+        store::insert_refresh_token(&mut *tx, session_id, &refresh.hash, refresh_expiry(ttl)).await?;
         Ok(self.issuer.pair(user_id, session_id, &refresh)?)
     }
 
@@ -225,6 +229,16 @@ impl AuthApi {
         if state.expires_at <= state.now {
             return Err(TokenError::Expired.into());
         }
+        // However often it is used, a session ends at its lifetime, and after a time unused
+        // (ASVS 5.0 V7.3.1, V7.3.2). It is revoked too, so that its access tokens stop at once.
+        let age = (state.now - state.session_created_at).to_std().unwrap_or_default();
+        let unused = (state.now - state.issued_at).to_std().unwrap_or_default();
+        if age >= self.session_max_lifetime || unused >= self.session_idle_timeout {
+            store::revoke_session(&mut tx, state.session_id, RevokeReason::SessionExpired).await?;
+            tx.commit().await?;
+            tracing::info!(session_id = %state.session_id, "session expired");
+            return Err(AuthError::SessionExpired { idle: age < self.session_max_lifetime });
+        }
         let grace = chrono::Duration::from_std(self.refresh_reuse_grace).unwrap_or_default();
         match state.spent_at {
             // Within the grace window a second refresh of the same token is a client's
@@ -242,7 +256,11 @@ impl AuthApi {
             None => store::spend_refresh_token(&mut tx, &hash).await?,
         }
         let refresh = NewRefreshToken::generate();
-        store::insert_refresh_token(&mut tx, state.session_id, &refresh.hash, refresh_expiry(self.refresh_ttl)).await?;
+        // A refresh token never outlives its session (both in the database's clock).
+        let span = |d: Duration| chrono::Duration::from_std(d).expect("lifetimes are bounded by configuration");
+        let expires_at =
+            (state.now + span(self.refresh_ttl)).min(state.session_created_at + span(self.session_max_lifetime));
+        store::insert_refresh_token(&mut tx, state.session_id, &refresh.hash, expires_at).await?;
         tx.commit().await?;
         let tokens = self.issuer.pair(state.user_id, state.session_id, &refresh)?;
         Ok(RefreshTokenResponse { tokens: Some(tokens) })

@@ -38,6 +38,8 @@ pub enum RevokeReason {
     LogoutAll,
     PasswordChanged,
     RefreshTokenReused,
+    /// Past `SESSION_MAX_LIFETIME_SECONDS` or `SESSION_IDLE_TIMEOUT_SECONDS`.
+    SessionExpired,
 }
 
 impl RevokeReason {
@@ -47,6 +49,7 @@ impl RevokeReason {
             RevokeReason::LogoutAll => "logout_all",
             RevokeReason::PasswordChanged => "password_changed",
             RevokeReason::RefreshTokenReused => "refresh_token_reused",
+            RevokeReason::SessionExpired => "session_expired",
         }
     }
 }
@@ -155,6 +158,10 @@ pub struct RefreshTokenState {
     pub spent_at: Option<DateTime<Utc>>,
     pub grace_exchanges: i32,
     pub session_revoked: bool,
+    /// When the session was opened (its login or sign-up).
+    pub session_created_at: DateTime<Utc>,
+    /// When this token was issued: the session's last use.
+    pub issued_at: DateTime<Utc>,
     pub now: DateTime<Utc>,
 }
 
@@ -173,6 +180,7 @@ pub async fn lock_refresh_token(tx: &mut Tx, hash: &[u8; 32]) -> Result<Option<R
     sqlx::query_as(
         "SELECT r.session_id, s.user_id, r.expires_at, r.spent_at, r.grace_exchanges,
                 s.revoked_at IS NOT NULL AS session_revoked,
+                s.created_at AS session_created_at, r.created_at AS issued_at,
                 now() AS now
          FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id
          WHERE r.token_hash = $1

@@ -129,3 +129,73 @@ async fn the_grace_window_yields_only_a_few_extra_pairs() {
     let err = auth.refresh_token(request()).await.unwrap_err();
     assert_error(&err, Code::Unauthenticated, "REFRESH_TOKEN_REUSED");
 }
+
+/// Refreshes `token`: the new pair, or the status.
+async fn refresh(app: &TestApp, token: &str) -> Result<todo_proto::auth::v1::TokenPair, tonic::Status> {
+    let request = RefreshTokenRequest { refresh_token: token.into() };
+    Ok(app.auth.clone().refresh_token(request).await?.into_inner().tokens.unwrap())
+}
+
+/// Waits (up to 2 s) until task-service refuses `access_token` as revoked.
+async fn refused_by_task_service(app: &TestApp, access_token: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let list = authed(todo_proto::task::v1::ListTasksRequest::default(), access_token);
+        match app.tasks.clone().list_tasks(list).await {
+            Err(status) => {
+                assert_error(&status, Code::Unauthenticated, "SESSION_REVOKED");
+                return;
+            }
+            Ok(_) => assert!(started.elapsed() < std::time::Duration::from_secs(2), "still accepted after 2 s"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_session_ends_after_a_week_unused_and_at_30_days_however_often_it_is_used() {
+    let app = TestApp::spawn().await;
+    // Unused for more than SESSION_IDLE_TIMEOUT_SECONDS (7 days): its last token was issued 8 days ago.
+    let (_, tokens) = app.sign_up("ivy@example.com").await;
+    let tokens = refresh(&app, &tokens.refresh_token).await.expect("a session in use refreshes");
+    sqlx::query("UPDATE refresh_tokens SET created_at = now() - interval '8 days' WHERE spent_at IS NULL")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let err = refresh(&app, &tokens.refresh_token).await.unwrap_err();
+    assert_error(&err, Code::Unauthenticated, "SESSION_EXPIRED");
+    assert!(err.message().contains("inactivity"), "{err:?}");
+    let reason: String =
+        sqlx::query_scalar("SELECT revoked_reason FROM sessions").fetch_one(&app.db.pool).await.unwrap();
+    assert_eq!(reason, "session_expired");
+    refused_by_task_service(&app, &tokens.access_token).await;
+
+    // In use every day, but opened more than SESSION_MAX_LIFETIME_SECONDS (30 days) ago.
+    let login =
+        todo_proto::auth::v1::LoginRequest { email: "ivy@example.com".into(), password: testkit::PASSWORD.into() };
+    let mut tokens = app.auth.clone().login(login).await.unwrap().into_inner().tokens.unwrap();
+    for _ in 0..3 {
+        tokens = refresh(&app, &tokens.refresh_token).await.expect("refreshed while in use");
+    }
+    sqlx::query("UPDATE sessions SET created_at = now() - interval '29 days 23 hours' WHERE revoked_at IS NULL")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    tokens = refresh(&app, &tokens.refresh_token).await.expect("an hour of lifetime left");
+    let (expires, ends): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+        "SELECT r.expires_at, s.created_at + interval '30 days' FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id
+         WHERE s.revoked_at IS NULL AND r.spent_at IS NULL",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(expires <= ends, "a refresh token never outlives its session: {expires} > {ends}");
+    sqlx::query("UPDATE sessions SET created_at = now() - interval '30 days 1 minute' WHERE revoked_at IS NULL")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let err = refresh(&app, &tokens.refresh_token).await.unwrap_err();
+    assert_error(&err, Code::Unauthenticated, "SESSION_EXPIRED");
+    assert!(err.message().contains("maximum lifetime"), "{err:?}");
+    refused_by_task_service(&app, &tokens.access_token).await;
+}

@@ -102,6 +102,8 @@ pub fn auth_config_with(db: DbConfig) -> auth_service::AuthConfig {
         drain_timeout: Duration::from_secs(2),
         signing_key_file: None,
         refresh_token_ttl: Duration::from_secs(30 * 86_400),
+        session_max_lifetime: Duration::from_secs(30 * 86_400),
+        session_idle_timeout: Duration::from_secs(7 * 86_400),
         refresh_reuse_grace: Duration::from_secs(5),
         bcrypt_cost: TEST_BCRYPT_COST,
         throttle: auth_service::throttle::ThrottleConfig {
