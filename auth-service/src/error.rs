@@ -23,6 +23,10 @@ pub enum AuthError {
     /// `SESSION_EXPIRED`; it is revoked, and the user logs in again.
     #[error("session expired")]
     SessionExpired { idle: bool },
+    /// RevokeSession on an id that is not one of the caller's live sessions: NOT_FOUND
+    /// `SESSION_NOT_FOUND`, whoever's it is (as for tasks).
+    #[error("session not found")]
+    SessionNotFound,
     #[error("too many failed attempts")]
     TooManyAttempts { retry_after: std::time::Duration },
     /// This address signed up `SIGNUP_MAX_PER_ADDRESS` times in the window: RESOURCE_EXHAUSTED
@@ -87,6 +91,12 @@ impl From<AuthError> for Status {
                 } else {
                     "the session has reached its maximum lifetime; log in again"
                 },
+            ),
+            AuthError::SessionNotFound => with_reason(
+                Code::NotFound,
+                AUTH_DOMAIN,
+                "SESSION_NOT_FOUND",
+                "no live session with this id among yours",
             ),
             AuthError::TooManyAttempts { retry_after } => with_retry(
                 Code::ResourceExhausted,

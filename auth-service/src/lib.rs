@@ -9,6 +9,7 @@ pub mod error;
 pub mod housekeeping;
 pub mod passwords;
 pub mod service;
+pub mod sessions;
 pub mod signing_key;
 pub mod store;
 pub mod throttle;

@@ -3,6 +3,7 @@
 use crate::domain::{Email, Password, PasswordAttempt};
 use crate::error::{AuthError, email_taken_or};
 use crate::passwords::PasswordHasher;
+use crate::sessions::ClientSeen;
 use crate::store::{self, RevokeReason, UserRow};
 use crate::throttle::{AttemptKeys, LoginThrottle};
 use crate::tokens::{NewRefreshToken, TokenIssuer, hash_refresh_token, refresh_expiry};
@@ -116,8 +117,8 @@ impl AuthApi {
     }
 
     /// Opens a session for `user_id` inside `tx` and returns its first token pair.
-    async fn open_session(&self, tx: &mut Tx, user_id: Uuid) -> Result<TokenPair, AuthError> {
-        let session_id = store::create_session(&mut *tx, user_id).await?;
+    async fn open_session(&self, tx: &mut Tx, user_id: Uuid, seen: &ClientSeen) -> Result<TokenPair, AuthError> {
+        let session_id = store::create_session(&mut *tx, user_id, seen).await?;
         let refresh = NewRefreshToken::generate();
         let ttl = self.refresh_ttl.min(self.session_max_lifetime);
         store::insert_refresh_token(&mut *tx, session_id, &refresh.hash, refresh_expiry(ttl)).await?;
@@ -158,7 +159,8 @@ impl AuthApi {
         });
     }
 
-    async fn sign_up(&self, req: SignUpRequest, client: Option<IpAddr>) -> Result<SignUpResponse, AuthError> {
+    async fn sign_up(&self, req: SignUpRequest, seen: ClientSeen) -> Result<SignUpResponse, AuthError> {
+        let client = seen.address;
         let email = Email::parse("email", &req.email);
         let password = Password::parse("password", req.password);
         all_valid([email.as_ref().err(), password.as_ref().err()])?;
@@ -171,13 +173,14 @@ impl AuthApi {
         let hash = self.hasher.hash(password.expose(), &crate::throttle::client_key(client)).await?;
         let mut tx = self.pool.begin().await?;
         let user = store::insert_user(&mut tx, email.as_str(), &hash).await.map_err(email_taken_or)?;
-        let tokens = self.open_session(&mut tx, user.id).await?;
+        let tokens = self.open_session(&mut tx, user.id, &seen).await?;
         tx.commit().await?;
         tracing::info!(user_id = %user.id, "signed up");
         Ok(SignUpResponse { user: Some(user_message(&user)), tokens: Some(tokens) })
     }
 
-    async fn login(&self, req: LoginRequest, client: Option<IpAddr>) -> Result<LoginResponse, AuthError> {
+    async fn login(&self, req: LoginRequest, seen: ClientSeen) -> Result<LoginResponse, AuthError> {
+        let client = seen.address;
         let email_given = req.email.trim().is_empty().then(|| FieldViolation::new("email", "is required"));
         let password = PasswordAttempt::parse("password", req.password);
         all_valid([email_given.as_ref(), password.as_ref().err()])?;
@@ -202,7 +205,7 @@ impl AuthApi {
         if store::lock_password_hash(&mut tx, credentials.id).await?.as_deref() != Some(&credentials.password_hash) {
             return Err(AuthError::InvalidCredentials);
         }
-        let tokens = self.open_session(&mut tx, credentials.id).await?;
+        let tokens = self.open_session(&mut tx, credentials.id, &seen).await?;
         tx.commit().await?;
         self.upgrade_hash_if_needed(
             credentials.id,
@@ -214,7 +217,11 @@ impl AuthApi {
         Ok(LoginResponse { user: Some(user_message(&credentials.user())), tokens: Some(tokens) })
     }
 
-    async fn refresh_token(&self, req: RefreshTokenRequest) -> Result<RefreshTokenResponse, AuthError> {
+    async fn refresh_token(
+        &self,
+        req: RefreshTokenRequest,
+        seen: ClientSeen,
+    ) -> Result<RefreshTokenResponse, AuthError> {
         if req.refresh_token.is_empty() {
             return Err(FieldViolation::new("refresh_token", "is required").into());
         }
@@ -256,6 +263,7 @@ impl AuthApi {
             None => store::spend_refresh_token(&mut tx, &hash).await?,
         }
         let refresh = NewRefreshToken::generate();
+        store::touch_session(&mut tx, state.session_id, &seen).await?;
         // A refresh token never outlives its session (both in the database's clock).
         let span = |d: Duration| chrono::Duration::from_std(d).expect("lifetimes are bounded by configuration");
         let expires_at =
@@ -289,8 +297,9 @@ impl AuthApi {
         &self,
         caller: Caller,
         req: ChangePasswordRequest,
-        client: Option<IpAddr>,
+        seen: ClientSeen,
     ) -> Result<ChangePasswordResponse, AuthError> {
+        let client = seen.address;
         let current = PasswordAttempt::parse("current_password", req.current_password);
         let new = Password::parse("new_password", req.new_password);
         all_valid([current.as_ref().err(), new.as_ref().err()])?;
@@ -304,7 +313,7 @@ impl AuthApi {
         store::set_password_hash(&mut tx, &caller, &hash).await?;
         // Every existing session ends, the caller's own included: the new pair starts a new one.
         store::revoke_sessions_of(&mut tx, &caller, RevokeReason::PasswordChanged).await?;
-        let tokens = self.open_session(&mut tx, caller.user_id).await?;
+        let tokens = self.open_session(&mut tx, caller.user_id, &seen).await?;
         tx.commit().await?;
         tracing::info!(user_id = %caller.user_id, "password changed; other sessions revoked");
         Ok(ChangePasswordResponse { tokens: Some(tokens) })
@@ -354,20 +363,21 @@ impl AuthApi {
 #[tonic::async_trait]
 impl AuthService for AuthApi {
     async fn sign_up(&self, request: Request<SignUpRequest>) -> Result<Response<SignUpResponse>, Status> {
-        let client = request.remote_addr().map(|a| a.ip());
-        Ok(Response::new(AuthApi::sign_up(self, request.into_inner(), client).await?))
+        let seen = ClientSeen::of(&request);
+        Ok(Response::new(AuthApi::sign_up(self, request.into_inner(), seen).await?))
     }
 
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
-        let client = request.remote_addr().map(|a| a.ip());
-        Ok(Response::new(AuthApi::login(self, request.into_inner(), client).await?))
+        let seen = ClientSeen::of(&request);
+        Ok(Response::new(AuthApi::login(self, request.into_inner(), seen).await?))
     }
 
     async fn refresh_token(
         &self,
         request: Request<RefreshTokenRequest>,
     ) -> Result<Response<RefreshTokenResponse>, Status> {
-        Ok(Response::new(AuthApi::refresh_token(self, request.into_inner()).await?))
+        let seen = ClientSeen::of(&request);
+        Ok(Response::new(AuthApi::refresh_token(self, request.into_inner(), seen).await?))
     }
 
     async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
@@ -392,8 +402,8 @@ impl AuthService for AuthApi {
         request: Request<ChangePasswordRequest>,
     ) -> Result<Response<ChangePasswordResponse>, Status> {
         let caller = self.caller(&request).await?;
-        let client = request.remote_addr().map(|a| a.ip());
-        Ok(Response::new(AuthApi::change_password(self, caller, request.into_inner(), client).await?))
+        let seen = ClientSeen::of(&request);
+        Ok(Response::new(AuthApi::change_password(self, caller, request.into_inner(), seen).await?))
     }
 
     async fn delete_account(
@@ -414,5 +424,29 @@ impl AuthService for AuthApi {
         request: Request<ValidateTokenRequest>,
     ) -> Result<Response<ValidateTokenResponse>, Status> {
         Ok(Response::new(AuthApi::validate_token(self, request.into_inner()).await?))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        Ok(Response::new(AuthApi::list_sessions(self, caller).await?))
+    }
+
+    async fn revoke_session(
+        &self,
+        request: Request<RevokeSessionRequest>,
+    ) -> Result<Response<RevokeSessionResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        Ok(Response::new(AuthApi::revoke_session(self, caller, request.into_inner()).await?))
+    }
+
+    async fn revoke_other_sessions(
+        &self,
+        request: Request<RevokeOtherSessionsRequest>,
+    ) -> Result<Response<RevokeOtherSessionsResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        Ok(Response::new(AuthApi::revoke_other_sessions(self, caller).await?))
     }
 }

@@ -2,6 +2,7 @@
 //! on the pool or inside its transaction; those about the caller's own account take the
 //! verified `Caller`.
 
+use crate::sessions::ClientSeen;
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use todo_shared::Caller;
@@ -40,6 +41,8 @@ pub enum RevokeReason {
     RefreshTokenReused,
     /// Past `SESSION_MAX_LIFETIME_SECONDS` or `SESSION_IDLE_TIMEOUT_SECONDS`.
     SessionExpired,
+    /// Ended from another session (RevokeSession, RevokeOtherSessions).
+    RevokedByUser,
 }
 
 impl RevokeReason {
@@ -50,6 +53,7 @@ impl RevokeReason {
             RevokeReason::PasswordChanged => "password_changed",
             RevokeReason::RefreshTokenReused => "refresh_token_reused",
             RevokeReason::SessionExpired => "session_expired",
+            RevokeReason::RevokedByUser => "revoked_by_user",
         }
     }
 }
@@ -127,9 +131,100 @@ pub async fn delete_user(db: impl PgExecutor<'_>, caller: &Caller) -> Result<boo
     Ok(done.rows_affected() == 1)
 }
 
+/// Opens a session for `user_id`, recording the client as first and last seen.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn create_session(db: impl PgExecutor<'_>, user_id: Uuid) -> Result<Uuid, sqlx::Error> {
-    sqlx::query_scalar("INSERT INTO sessions (user_id) VALUES ($1) RETURNING id").bind(user_id).fetch_one(db).await
+pub async fn create_session(db: impl PgExecutor<'_>, user_id: Uuid, seen: &ClientSeen) -> Result<Uuid, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO sessions (user_id, created_user_agent, created_address, last_user_agent, last_address)
+         VALUES ($1, $2, $3, $2, $3) RETURNING id",
+    )
+    .bind(user_id)
+    .bind(seen.user_agent.as_deref())
+    .bind(seen.address.map(|a| a.to_string()))
+    .fetch_one(db)
+    .await
+}
+
+/// Records a use of the session (a refresh) by the client `seen`.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn touch_session(db: impl PgExecutor<'_>, session_id: Uuid, seen: &ClientSeen) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sessions SET last_used_at = now(), last_user_agent = $2, last_address = $3 WHERE id = $1")
+        .bind(session_id)
+        .bind(seen.user_agent.as_deref())
+        .bind(seen.address.map(|a| a.to_string()))
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// A live session as ListSessions shows it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct SessionRow {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    pub created_user_agent: Option<String>,
+    pub created_address: Option<String>,
+    pub last_user_agent: Option<String>,
+    pub last_address: Option<String>,
+}
+
+/// The caller's sessions that are neither revoked nor past `max_lifetime` from their opening
+/// or `idle_timeout` from their last use, newest first.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn live_sessions_of(
+    db: impl PgExecutor<'_>,
+    caller: &Caller,
+    max_lifetime: std::time::Duration,
+    idle_timeout: std::time::Duration,
+) -> Result<Vec<SessionRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, created_at, last_used_at, created_user_agent, created_address, last_user_agent, last_address
+         FROM sessions
+         WHERE user_id = $1 AND revoked_at IS NULL
+           AND created_at > now() - make_interval(secs => $2) AND last_used_at > now() - make_interval(secs => $3)
+         ORDER BY created_at DESC, id",
+    )
+    .bind(caller.user_id)
+    .bind(max_lifetime.as_secs_f64())
+    .bind(idle_timeout.as_secs_f64())
+    .fetch_all(db)
+    .await
+}
+
+/// Revokes the caller's session `session_id` if it is live; false if there is no such live
+/// session of theirs.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn revoke_own_session(
+    db: impl PgExecutor<'_>,
+    caller: &Caller,
+    session_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE sessions SET revoked_at = now(), revoked_reason = $3
+         WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(session_id)
+    .bind(caller.user_id)
+    .bind(RevokeReason::RevokedByUser.as_str())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Revokes every live session of the caller but the calling one; returns how many.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn revoke_other_sessions(db: impl PgExecutor<'_>, caller: &Caller) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE sessions SET revoked_at = now(), revoked_reason = $3
+         WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL",
+    )
+    .bind(caller.user_id)
+    .bind(caller.session_id)
+    .bind(RevokeReason::RevokedByUser.as_str())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 #[tracing::instrument(level = "debug", skip_all)]

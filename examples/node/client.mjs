@@ -91,6 +91,10 @@ console.log(`refreshed the tokens: a new pair, access token valid for ${refreshe
 const me = await auth.GetCurrentUser({}, bearer(refreshed.accessToken));
 if (me.user.email !== email) fail(`GetCurrentUser with the new token answered ${me.user.email}`);
 console.log(`the new access token works: GetCurrentUser says ${me.user.email}`);
+const { sessions } = await auth.ListSessions({}, bearer(refreshed.accessToken));
+const current = sessions.filter((s) => s.current);
+if (current.length !== 1) fail(`ListSessions marked ${current.length} sessions as the caller's`);
+console.log(`signed in ${sessions.length} time(s); this session was opened from ${current[0].createClientAddress}`);
 
 console.log("calling TaskService without a token:");
 await expectError(() => tasks.ListTasks({}), grpc.status.UNAUTHENTICATED, "MISSING_TOKEN");

@@ -101,6 +101,12 @@ def main():
     if me.user.email != email:
         sys.exit(f"GetCurrentUser with the new token answered {me.user.email}")
     print(f"the new access token works: GetCurrentUser says {me.user.email}")
+    sessions = auth.ListSessions(auth_pb2.ListSessionsRequest(), metadata=bearer(refreshed.access_token),
+                                 timeout=10).sessions
+    current = [s for s in sessions if s.current]
+    if len(current) != 1:
+        sys.exit(f"ListSessions marked {len(current)} sessions as the caller's")
+    print(f"signed in {len(sessions)} time(s); this session was opened from {current[0].create_client_address}")
 
     print("calling TaskService without a token:")
     expect_error(lambda: tasks.ListTasks(task_pb2.ListTasksRequest(), timeout=10),

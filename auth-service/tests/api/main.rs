@@ -9,6 +9,7 @@ mod metrics;
 mod refresh;
 mod security;
 mod server;
+mod sessions;
 mod sign_up;
 mod tls;
 mod tokens;

@@ -1,0 +1,94 @@
+//! The sessions a user can see and end (OWASP ASVS 5.0 V7.4.3, V7.5.2): ListSessions,
+//! RevokeSession and RevokeOtherSessions, and what a session records of the client that opened
+//! and last used it.
+
+use crate::error::AuthError;
+use crate::service::AuthApi;
+use crate::store::{self, SessionRow};
+use chrono::{DateTime, Utc};
+use std::net::IpAddr;
+use todo_proto::auth::v1::{
+    ListSessionsResponse, RevokeOtherSessionsResponse, RevokeSessionRequest, RevokeSessionResponse, Session,
+};
+use todo_shared::Caller;
+use todo_shared::server::proto_time::timestamp;
+use todo_shared::server::status::FieldViolation;
+use tonic::Request;
+use uuid::Uuid;
+
+/// The most of a `user-agent` a session keeps (the column's CHECK).
+const MAX_USER_AGENT_CHARS: usize = 256;
+
+/// The client of a call as a session records it: its address (IPv4-mapped IPv6 shown as IPv4)
+/// and its `user-agent`, cut to 256 characters, control characters dropped.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSeen {
+    pub address: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+impl ClientSeen {
+    /// What `request` shows of its client.
+    pub fn of<T>(request: &Request<T>) -> Self {
+        let user_agent = request
+            .metadata()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .map(|agent| agent.chars().filter(|c| !c.is_control()).take(MAX_USER_AGENT_CHARS).collect::<String>())
+            .filter(|agent| !agent.is_empty());
+        Self { address: request.remote_addr().map(|a| a.ip().to_canonical()), user_agent }
+    }
+}
+
+fn session_message(row: SessionRow, current: Uuid, expire_time: DateTime<Utc>) -> Session {
+    Session {
+        id: row.id.to_string(),
+        create_time: Some(timestamp(row.created_at)),
+        last_use_time: Some(timestamp(row.last_used_at)),
+        expire_time: Some(timestamp(expire_time)),
+        create_user_agent: row.created_user_agent.unwrap_or_default(),
+        create_client_address: row.created_address.unwrap_or_default(),
+        last_user_agent: row.last_user_agent.unwrap_or_default(),
+        last_client_address: row.last_address.unwrap_or_default(),
+        current: row.id == current,
+    }
+}
+
+impl AuthApi {
+    pub(crate) async fn list_sessions(&self, caller: Caller) -> Result<ListSessionsResponse, AuthError> {
+        let (lifetime, idle) = (self.session_max_lifetime, self.session_idle_timeout);
+        let rows = store::live_sessions_of(&self.pool, &caller, lifetime, idle).await?;
+        let span = |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        let sessions = rows
+            .into_iter()
+            .map(|row| {
+                let ends = (row.created_at + span(lifetime)).min(row.last_used_at + span(idle));
+                session_message(row, caller.session_id, ends)
+            })
+            .collect();
+        Ok(ListSessionsResponse { sessions })
+    }
+
+    pub(crate) async fn revoke_session(
+        &self,
+        caller: Caller,
+        req: RevokeSessionRequest,
+    ) -> Result<RevokeSessionResponse, AuthError> {
+        if req.session_id.is_empty() {
+            return Err(FieldViolation::new("session_id", "is required").into());
+        }
+        let session_id = Uuid::parse_str(&req.session_id)
+            .map_err(|_| FieldViolation::new("session_id", "is not a session id (a UUID from ListSessions)"))?;
+        if !store::revoke_own_session(&self.pool, &caller, session_id).await? {
+            return Err(AuthError::SessionNotFound);
+        }
+        tracing::info!(%session_id, "session revoked by its user");
+        Ok(RevokeSessionResponse {})
+    }
+
+    pub(crate) async fn revoke_other_sessions(&self, caller: Caller) -> Result<RevokeOtherSessionsResponse, AuthError> {
+        let revoked = store::revoke_other_sessions(&self.pool, &caller).await?;
+        tracing::info!(revoked, "other sessions revoked by their user");
+        Ok(RevokeOtherSessionsResponse { revoked_sessions: i32::try_from(revoked).unwrap_or(i32::MAX) })
+    }
+}
