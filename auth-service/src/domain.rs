@@ -4,7 +4,11 @@
 use secrecy::{ExposeSecret, SecretString};
 use todo_shared::server::status::FieldViolation;
 
-/// Trimmed, lower-cased, syntactically plausible, at most 255 characters.
+/// An email address in the one form an account is known by: trimmed, Unicode NFKC, lower case,
+/// the domain in its ASCII form by UTS #46 (IDNA: `bücher.example` is `xn--bcher-kva.example`),
+/// syntactically plausible, at most 255 characters. Addresses that differ only in compatibility
+/// characters (full-width letters, the Kelvin sign), case or the spelling of an international
+/// domain are the same account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
@@ -12,10 +16,12 @@ impl Email {
     pub const MAX_CHARS: usize = 255;
 
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, FieldViolation> {
-        let email = raw.trim().to_lowercase();
-        if email.is_empty() {
+        if raw.trim().is_empty() {
             return Err(FieldViolation::new(field, "is required"));
         }
+        let Some(email) = canonical(raw) else {
+            return Err(FieldViolation::new(field, "is not a valid email address (its domain is not a valid name)"));
+        };
         if email.chars().count() > Self::MAX_CHARS {
             return Err(FieldViolation::new(field, format!("must be at most {} characters", Self::MAX_CHARS)));
         }
@@ -28,11 +34,24 @@ impl Email {
     /// For lookups at login: the same normalisation, without rejecting anything (an address
     /// that could never sign up simply matches no account).
     pub fn normalize_for_lookup(raw: &str) -> String {
-        raw.trim().to_lowercase()
+        canonical(raw).unwrap_or_else(|| nfkc(raw.trim()).to_lowercase())
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// `raw` trimmed, NFKC, lower-cased, with the part after the last `@` converted by UTS #46 to
+/// ASCII; None when that part is not a valid domain name.
+fn canonical(raw: &str) -> Option<String> {
+    let email = nfkc(raw.trim()).to_lowercase();
+    match email.rsplit_once('@') {
+        Some((local, domain)) => {
+            let domain = idna::domain_to_ascii(domain).ok()?;
+            Some(format!("{local}@{domain}"))
+        }
+        None => Some(email),
     }
 }
 
@@ -176,6 +195,24 @@ mod tests {
         }
         let long = format!("{}@example.com", "a".repeat(250));
         assert!(Email::parse("email", &long).is_err());
+    }
+
+    #[test]
+    fn equivalent_addresses_are_one_form() {
+        let kate = Email::parse("email", "kate@example.com").unwrap();
+        for same in [
+            "\u{ff4b}\u{ff41}\u{ff54}\u{ff45}@example.com", // full-width letters
+            "kate@\u{ff45}xample.com",
+            "\u{212a}ate@example.com", // the Kelvin sign
+            " KATE@EXAMPLE.COM ",
+        ] {
+            assert_eq!(Email::parse("email", same).unwrap(), kate, "{same:?}");
+            assert_eq!(Email::normalize_for_lookup(same), kate.as_str(), "{same:?}");
+        }
+        let idn = Email::parse("email", "Ana@B\u{fc}cher.Example").unwrap();
+        assert_eq!(idn.as_str(), "ana@xn--bcher-kva.example");
+        assert_eq!(Email::parse("email", "ana@xn--bcher-kva.example").unwrap(), idn);
+        assert!(Email::parse("email", "ana@b\u{fc}cher..example").is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod service;
 pub mod sessions;
 pub mod signing_key;
 pub mod store;
+pub mod stored_emails;
 pub mod throttle;
 pub mod tokens;
 
@@ -76,6 +77,14 @@ pub async fn serve(
         let (pool, db, keyring, issuer) = (pool.clone(), config.db.clone(), keyring.clone(), issuer.clone());
         Box::pin(async move {
             todo_shared::database::migrate_when_ready(&pool, &db).await?;
+            let emails = stored_emails::normalise(&pool).await?;
+            if emails != stored_emails::Normalised::default() {
+                tracing::info!(
+                    rewritten = emails.rewritten,
+                    conflicts = emails.conflicts,
+                    "stored email addresses normalised"
+                );
+            }
             let key = issuer.key();
             todo_shared::database::waiting::until_database_ready(&pool, "registering the signing key", || {
                 key.register(&pool)

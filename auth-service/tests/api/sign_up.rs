@@ -178,3 +178,65 @@ async fn passwords_are_normalised_so_any_unicode_form_logs_in_and_old_hashes_are
     }
     app.auth.clone().login(login(composed)).await.expect("and now the composed form logs in too");
 }
+
+#[tokio::test]
+async fn one_account_per_address_whatever_its_unicode_form_and_stored_forms_are_brought_in_line() {
+    use todo_proto::auth::v1::LoginRequest;
+    let db = testkit::test_database::TestDatabase::new().await;
+    // Two accounts stored before addresses were canonical, the same address once normalised,
+    // and a third alone: a start rewrites the third and the first, and reports the second.
+    let old_server = testkit::spawn_auth(testkit::auth_config(&db)).await;
+    let mut auth =
+        todo_proto::auth::v1::auth_service_client::AuthServiceClient::new(testkit::channel(old_server.addr).await);
+    for email in ["ana@example.com", "bo@example.com", "cy@example.com"] {
+        auth.sign_up(SignUpRequest { email: email.into(), password: testkit::PASSWORD.into() }).await.unwrap();
+    }
+    old_server.stop().await.unwrap();
+    let set = |from: &'static str, to: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query("UPDATE users SET email = $2 WHERE email = $1")
+                .bind(from)
+                .bind(to)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    set("ana@example.com", "\u{ff41}\u{ff4e}\u{ff41}@example.com").await; // full-width "ana"
+    set("bo@example.com", "ana@\u{ff45}xample.com").await; // full-width "e" in the domain
+    set("cy@example.com", "cy@b\u{fc}cher.example").await;
+    let server = testkit::spawn_auth(testkit::auth_config(&db)).await;
+    let mut auth =
+        todo_proto::auth::v1::auth_service_client::AuthServiceClient::new(testkit::channel(server.addr).await);
+    // Start-up has run once the server answers a call.
+    let login = |email: &str| LoginRequest { email: email.into(), password: testkit::PASSWORD.into() };
+    auth.login(login("cy@xn--bcher-kva.example")).await.expect("the IDNA form logs in");
+    let emails: Vec<String> =
+        sqlx::query_scalar("SELECT email FROM users ORDER BY email").fetch_all(&db.pool).await.unwrap();
+    assert!(emails.contains(&"cy@xn--bcher-kva.example".to_owned()), "{emails:?}");
+    let canonical = emails.iter().filter(|e| *e == "ana@example.com").count();
+    assert_eq!(canonical, 1, "one of the two became ana@example.com, the other is left as it was: {emails:?}");
+    let conflicts: Vec<String> =
+        sqlx::query_scalar("SELECT canonical_email FROM email_conflicts").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(conflicts, ["ana@example.com"], "the other is reported, never merged or deleted");
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(users, 3);
+
+    // Any equivalent form logs in; none can sign up again.
+    for form in ["ANA@EXAMPLE.COM", "\u{ff41}\u{ff4e}\u{ff41}@example.com", "ana@\u{ff45}xample.com"] {
+        auth.login(login(form)).await.unwrap_or_else(|e| panic!("{form:?} logs in: {e:?}"));
+        let err =
+            auth.sign_up(SignUpRequest { email: form.into(), password: "another secret pw".into() }).await.unwrap_err();
+        assert_error(&err, Code::AlreadyExists, "EMAIL_TAKEN");
+    }
+    for form in ["\u{212a}ate@example.com", "kate@\u{ff45}xample.com"] {
+        let first = form == "\u{212a}ate@example.com";
+        let result = auth.sign_up(SignUpRequest { email: form.into(), password: "another secret pw".into() }).await;
+        if first {
+            assert_eq!(result.unwrap().into_inner().user.unwrap().email, "kate@example.com");
+        } else {
+            assert_error(&result.unwrap_err(), Code::AlreadyExists, "EMAIL_TAKEN");
+        }
+    }
+}
