@@ -3,6 +3,7 @@
 //! A library with a thin `main`: `serve` takes a bound listener and a shutdown future, so the
 //! binary passes a signal and the tests pass a oneshot.
 
+pub mod client_seen;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -77,13 +78,25 @@ pub async fn serve(
         let (pool, db, keyring, issuer) = (pool.clone(), config.db.clone(), keyring.clone(), issuer.clone());
         Box::pin(async move {
             todo_shared::database::migrate_when_ready(&pool, &db).await?;
-            let emails = stored_emails::normalise(&pool).await?;
-            if emails != stored_emails::Normalised::default() {
-                tracing::info!(
-                    rewritten = emails.rewritten,
-                    conflicts = emails.conflicts,
-                    "stored email addresses normalised"
-                );
+            // Waits for the database like the steps around it; any other error is logged, not
+            // fatal: what a failed pass leaves, the next start does.
+            let normalising = todo_shared::database::waiting::until_database_ready(
+                &pool,
+                "normalising stored email addresses",
+                || async { stored_emails::normalise(&pool).await.map_err(anyhow::Error::new) },
+            );
+            match normalising.await {
+                Ok(done) if done == stored_emails::Normalised::default() => {}
+                Ok(done) => {
+                    tracing::info!(
+                        rewritten = done.rewritten,
+                        conflicts = done.conflicts,
+                        "stored email addresses normalised"
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not normalise stored email addresses; the next start will")
+                }
             }
             let key = issuer.key();
             todo_shared::database::waiting::until_database_ready(&pool, "registering the signing key", || {

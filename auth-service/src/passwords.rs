@@ -112,14 +112,14 @@ impl PasswordHasher {
         Duration::from_micros(self.check_micros.load(Ordering::Acquire))
     }
 
-    /// Waits until a check at the configured cost, begun at `started`, would have ended, without
-    /// taking a hashing slot: for answers that must take as long as a password check.
-    pub async fn pace(&self, started: Instant) {
+    /// Waits until `checks` checks at the configured cost, begun at `started`, would have ended,
+    /// without taking a hashing slot: for answers that must take as long as password checks.
+    pub async fn pace(&self, started: Instant, checks: u32) {
         if self.check_micros.load(Ordering::Acquire) == 0 {
             // Not measured yet (the first moments after start): measure it now.
             let _ = self.dummy_hash().await;
         }
-        tokio::time::sleep_until((started + self.check_time()).into()).await;
+        tokio::time::sleep_until((started + self.check_time() * checks).into()).await;
     }
 
     /// Calls waiting for a hashing slot now (for the metrics).
@@ -175,7 +175,7 @@ impl PasswordHasher {
         if !at_configured_cost {
             // A hash of a lower cost (made before BCRYPT_COST was raised) checks faster than the
             // dummy hash of an unknown address: wait out the difference.
-            self.pace(started).await;
+            self.pace(started, 1).await;
         }
         Ok(real && matched)
     }

@@ -1,9 +1,9 @@
 //! The AuthService RPCs: parse the request, check, run the store functions, answer.
 
+use crate::client_seen::ClientSeen;
 use crate::domain::{Email, Password, PasswordAttempt};
 use crate::error::{AuthError, email_taken_or};
 use crate::passwords::PasswordHasher;
-use crate::sessions::ClientSeen;
 use crate::store::{self, RevokeReason, UserRow};
 use crate::throttle::{AttemptKeys, LoginThrottle};
 use crate::tokens::{NewRefreshToken, TokenIssuer, hash_refresh_token, refresh_expiry};
@@ -93,13 +93,15 @@ impl AuthApi {
         hash: Option<&str>,
     ) -> Result<PasswordMatch, AuthError> {
         let started = std::time::Instant::now();
+        let normalized = crate::domain::nfkc(password);
+        // An attempt not in NFKC form is checked twice below (both forms).
+        let checks = if normalized == password { 1 } else { 2 };
         if let Some(retry_after) = self.throttle.attempt(keys).await? {
             // As long as a wrong password takes, but without a hashing slot: an attacker over
             // the limit must not crowd out the logins of everyone else.
-            self.hasher.pace(started).await;
+            self.hasher.pace(started, checks).await;
             return Err(AuthError::TooManyAttempts { retry_after });
         }
-        let normalized = crate::domain::nfkc(password);
         let matched = if self.hasher.verify(&normalized, hash, keys.client()).await? {
             Some(PasswordMatch { stored_as_typed: false })
         } else if normalized != password && self.hasher.verify(password, hash, keys.client()).await? {
@@ -144,6 +146,11 @@ impl AuthApi {
             return;
         }
         let password = crate::domain::nfkc(password);
+        if password.len() > crate::domain::Password::MAX_BYTES {
+            // A password stored as typed that grows past bcrypt's 72 bytes in NFKC form: a hash
+            // of that form would be cut, and lock its owner out. It stays as it is.
+            return;
+        }
         let (pool, hasher) = (self.pool.clone(), self.hasher.clone());
         let (stored_hash, client) = (stored_hash.to_owned(), client.to_owned());
         tokio::spawn(async move {
@@ -233,11 +240,10 @@ impl AuthApi {
         if state.session_revoked {
             return Err(TokenError::Revoked.into());
         }
-        if state.expires_at <= state.now {
-            return Err(TokenError::Expired.into());
-        }
         // However often it is used, a session ends at its lifetime, and after a time unused
         // (ASVS 5.0 V7.3.1, V7.3.2). It is revoked too, so that its access tokens stop at once.
+        // Checked before the token's own expiry, which is capped at the session's end and would
+        // otherwise answer first, without revoking.
         let age = (state.now - state.session_created_at).to_std().unwrap_or_default();
         let unused = (state.now - state.issued_at).to_std().unwrap_or_default();
         if age >= self.session_max_lifetime || unused >= self.session_idle_timeout {
@@ -245,6 +251,9 @@ impl AuthApi {
             tx.commit().await?;
             tracing::info!(session_id = %state.session_id, "session expired");
             return Err(AuthError::SessionExpired { idle: age < self.session_max_lifetime });
+        }
+        if state.expires_at <= state.now {
+            return Err(TokenError::Expired.into());
         }
         let grace = chrono::Duration::from_std(self.refresh_reuse_grace).unwrap_or_default();
         match state.spent_at {

@@ -1,44 +1,17 @@
 //! The sessions a user can see and end (OWASP ASVS 5.0 V7.4.3, V7.5.2): ListSessions,
-//! RevokeSession and RevokeOtherSessions, and what a session records of the client that opened
-//! and last used it.
+//! RevokeSession and RevokeOtherSessions.
 
 use crate::error::AuthError;
 use crate::service::AuthApi;
 use crate::store::{self, SessionRow};
 use chrono::{DateTime, Utc};
-use std::net::IpAddr;
 use todo_proto::auth::v1::{
     ListSessionsResponse, RevokeOtherSessionsResponse, RevokeSessionRequest, RevokeSessionResponse, Session,
 };
 use todo_shared::Caller;
 use todo_shared::server::proto_time::timestamp;
 use todo_shared::server::status::FieldViolation;
-use tonic::Request;
 use uuid::Uuid;
-
-/// The most of a `user-agent` a session keeps (the column's CHECK).
-const MAX_USER_AGENT_CHARS: usize = 256;
-
-/// The client of a call as a session records it: its address (IPv4-mapped IPv6 shown as IPv4)
-/// and its `user-agent`, cut to 256 characters, control characters dropped.
-#[derive(Debug, Clone, Default)]
-pub struct ClientSeen {
-    pub address: Option<IpAddr>,
-    pub user_agent: Option<String>,
-}
-
-impl ClientSeen {
-    /// What `request` shows of its client.
-    pub fn of<T>(request: &Request<T>) -> Self {
-        let user_agent = request
-            .metadata()
-            .get("user-agent")
-            .and_then(|v| v.to_str().ok())
-            .map(|agent| agent.chars().filter(|c| !c.is_control()).take(MAX_USER_AGENT_CHARS).collect::<String>())
-            .filter(|agent| !agent.is_empty());
-        Self { address: request.remote_addr().map(|a| a.ip().to_canonical()), user_agent }
-    }
-}
 
 fn session_message(row: SessionRow, current: Uuid, expire_time: DateTime<Utc>) -> Session {
     Session {
@@ -55,6 +28,10 @@ fn session_message(row: SessionRow, current: Uuid, expire_time: DateTime<Utc>) -
 }
 
 impl AuthApi {
+    fn lifetimes(&self) -> store::SessionLifetimes {
+        store::SessionLifetimes { max: self.session_max_lifetime, idle: self.session_idle_timeout }
+    }
+
     pub(crate) async fn list_sessions(&self, caller: Caller) -> Result<ListSessionsResponse, AuthError> {
         let (lifetime, idle) = (self.session_max_lifetime, self.session_idle_timeout);
         let rows = store::live_sessions_of(&self.pool, &caller, lifetime, idle).await?;
@@ -79,7 +56,7 @@ impl AuthApi {
         }
         let session_id = Uuid::parse_str(&req.session_id)
             .map_err(|_| FieldViolation::new("session_id", "is not a session id (a UUID from ListSessions)"))?;
-        if !store::revoke_own_session(&self.pool, &caller, session_id).await? {
+        if !store::revoke_own_session(&self.pool, &caller, session_id, self.lifetimes()).await? {
             return Err(AuthError::SessionNotFound);
         }
         tracing::info!(%session_id, "session revoked by its user");
@@ -87,7 +64,7 @@ impl AuthApi {
     }
 
     pub(crate) async fn revoke_other_sessions(&self, caller: Caller) -> Result<RevokeOtherSessionsResponse, AuthError> {
-        let revoked = store::revoke_other_sessions(&self.pool, &caller).await?;
+        let revoked = store::revoke_other_sessions(&self.pool, &caller, self.lifetimes()).await?;
         tracing::info!(revoked, "other sessions revoked by their user");
         Ok(RevokeOtherSessionsResponse { revoked_sessions: i32::try_from(revoked).unwrap_or(i32::MAX) })
     }

@@ -2,7 +2,7 @@
 //! on the pool or inside its transaction; those about the caller's own account take the
 //! verified `Caller`.
 
-use crate::sessions::ClientSeen;
+use crate::client_seen::ClientSeen;
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use todo_shared::Caller;
@@ -192,39 +192,62 @@ pub async fn live_sessions_of(
     .await
 }
 
-/// Revokes the caller's session `session_id` if it is live; false if there is no such live
-/// session of theirs.
+/// The lifetimes a session is live within (`SESSION_MAX_LIFETIME_SECONDS`,
+/// `SESSION_IDLE_TIMEOUT_SECONDS`): one past either is over even before a refresh revokes it.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLifetimes {
+    pub max: std::time::Duration,
+    pub idle: std::time::Duration,
+}
+
+/// Revokes the caller's session `session_id` if it is live (not revoked, within `lifetimes`);
+/// false if there is no such live session of theirs.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn revoke_own_session(
     db: impl PgExecutor<'_>,
     caller: &Caller,
     session_id: Uuid,
+    lifetimes: SessionLifetimes,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE sessions SET revoked_at = now(), revoked_reason = $3
-         WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+         WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL
+           AND created_at > now() - make_interval(secs => $4) AND last_used_at > now() - make_interval(secs => $5)",
     )
     .bind(session_id)
     .bind(caller.user_id)
     .bind(RevokeReason::RevokedByUser.as_str())
+    .bind(lifetimes.max.as_secs_f64())
+    .bind(lifetimes.idle.as_secs_f64())
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
-/// Revokes every live session of the caller but the calling one; returns how many.
+/// Revokes every session of the caller but the calling one that is not revoked yet (those past
+/// their lifetimes too, though they are not counted); returns how many live ones ended.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn revoke_other_sessions(db: impl PgExecutor<'_>, caller: &Caller) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE sessions SET revoked_at = now(), revoked_reason = $3
-         WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL",
+pub async fn revoke_other_sessions(
+    db: impl PgExecutor<'_>,
+    caller: &Caller,
+    lifetimes: SessionLifetimes,
+) -> Result<u64, sqlx::Error> {
+    let ended: i64 = sqlx::query_scalar(
+        "WITH ended AS (
+             UPDATE sessions SET revoked_at = now(), revoked_reason = $3
+             WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL
+             RETURNING created_at, last_used_at)
+         SELECT count(*) FROM ended
+         WHERE created_at > now() - make_interval(secs => $4) AND last_used_at > now() - make_interval(secs => $5)",
     )
     .bind(caller.user_id)
     .bind(caller.session_id)
     .bind(RevokeReason::RevokedByUser.as_str())
-    .execute(db)
+    .bind(lifetimes.max.as_secs_f64())
+    .bind(lifetimes.idle.as_secs_f64())
+    .fetch_one(db)
     .await?;
-    Ok(done.rows_affected())
+    Ok(u64::try_from(ended).unwrap_or_default())
 }
 
 #[tracing::instrument(level = "debug", skip_all)]

@@ -3,8 +3,10 @@
 //! characters can differ (ASCII ones were lower-cased at sign-up already), so the scan reads
 //! those alone. Two accounts that turn out to share an address are both left as they are and
 //! recorded in `email_conflicts` for an operator: merging or deleting accounts is never
-//! automatic. Safe with several instances starting at once: each row is updated on its own, and
-//! a unique violation (another instance, or a real conflict) is looked at again.
+//! automatic; the one left in its old form cannot log in by its address (login looks up the
+//! canonical form, which is the other account's) until an operator resolves the conflict. Safe
+//! with several instances starting at once: each row is updated on its own, and a unique
+//! violation (another instance, or a real conflict) is looked at again.
 
 use crate::domain::Email;
 use todo_shared::database::Db;
@@ -25,7 +27,13 @@ pub async fn normalise(pool: &Db) -> Result<Normalised, sqlx::Error> {
         sqlx::query_as(r"SELECT id, email FROM users WHERE email ~ '[^\x01-\x7f]'").fetch_all(pool).await?;
     let mut done = Normalised::default();
     for (id, email) in rows {
-        let canonical = Email::normalize_for_lookup(&email);
+        // An address whose canonical form is not a valid one (longer than 255 characters once
+        // normalised, a domain IDNA refuses) stays as it is: the account keeps its address.
+        let Ok(canonical) = Email::parse("email", &email) else {
+            tracing::warn!(user_id = %id, "a stored email address has no valid canonical form; left as it is");
+            continue;
+        };
+        let canonical = canonical.as_str().to_owned();
         if canonical == email {
             continue;
         }
@@ -36,7 +44,7 @@ pub async fn normalise(pool: &Db) -> Result<Normalised, sqlx::Error> {
             .execute(pool)
             .await;
         match rewritten {
-            Ok(_) => done.rewritten += 1,
+            Ok(r) => done.rewritten += r.rows_affected(),
             Err(e) if todo_shared::database::violated_constraint(&e).is_some() => {
                 let other: Option<Uuid> =
                     sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = lower($1) AND id <> $2")

@@ -2,7 +2,7 @@
 //! which is the caller's), RevokeSession (one's own only: another user's is NOT_FOUND) and
 //! RevokeOtherSessions; a revoked session's tokens are refused by task-service within a second.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testkit::{TestApp, assert_error, authed, bad_fields};
 use todo_proto::auth::v1::auth_service_client::AuthServiceClient;
 use todo_proto::auth::v1::*;
@@ -30,18 +30,6 @@ async fn login(client: &mut AuthServiceClient<Channel>, email: &str) -> TokenPai
 
 async fn sessions(client: &mut AuthServiceClient<Channel>, access_token: &str) -> Vec<Session> {
     client.list_sessions(authed(ListSessionsRequest {}, access_token)).await.unwrap().into_inner().sessions
-}
-
-/// Waits (up to 2 s) until task-service refuses `access_token` as revoked.
-async fn refused_by_task_service(app: &TestApp, access_token: &str) {
-    let started = Instant::now();
-    loop {
-        match app.tasks.clone().list_tasks(authed(ListTasksRequest::default(), access_token)).await {
-            Err(status) => return assert_error(&status, Code::Unauthenticated, "SESSION_REVOKED"),
-            Ok(_) => assert!(started.elapsed() < Duration::from_secs(2), "still accepted after 2 s"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -119,7 +107,7 @@ async fn a_user_sees_their_sessions_and_ends_one_or_all_others_but_never_someone
         .revoke_session(authed(RevokeSessionRequest { session_id: laptop_session.id.clone() }, &on_phone.access_token))
         .await
         .unwrap();
-    refused_by_task_service(&app, &refreshed.access_token).await;
+    crate::refused_by_task_service(&app, &refreshed.access_token).await;
     let err = laptop.refresh_token(RefreshTokenRequest { refresh_token: refreshed.refresh_token }).await.unwrap_err();
     assert_error(&err, Code::Unauthenticated, "SESSION_REVOKED");
     let err = phone
@@ -137,7 +125,7 @@ async fn a_user_sees_their_sessions_and_ends_one_or_all_others_but_never_someone
         .unwrap()
         .into_inner();
     assert_eq!(ended.revoked_sessions, 2, "the sign-up's and the tablet's");
-    refused_by_task_service(&app, &on_tablet.access_token).await;
+    crate::refused_by_task_service(&app, &on_tablet.access_token).await;
     let list = sessions(&mut phone, &on_phone.access_token).await;
     assert_eq!(
         list.iter().map(|s| (s.id.as_str(), s.current)).collect::<Vec<_>>(),
