@@ -34,7 +34,7 @@ impl AuthApi {
 
     pub(crate) async fn list_sessions(&self, caller: Caller) -> Result<ListSessionsResponse, AuthError> {
         let (lifetime, idle) = (self.session_max_lifetime, self.session_idle_timeout);
-        let rows = store::live_sessions_of(&self.pool, &caller, lifetime, idle).await?;
+        let rows = store::live_sessions_of(&self.pool, &caller, self.lifetimes()).await?;
         let span = |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
         let sessions = rows
             .into_iter()

@@ -169,35 +169,48 @@ pub struct SessionRow {
     pub last_address: Option<String>,
 }
 
-/// The caller's sessions that are neither revoked nor past `max_lifetime` from their opening
-/// or `idle_timeout` from their last use, newest first.
-#[tracing::instrument(level = "debug", skip_all)]
-pub async fn live_sessions_of(
-    db: impl PgExecutor<'_>,
-    caller: &Caller,
-    max_lifetime: std::time::Duration,
-    idle_timeout: std::time::Duration,
-) -> Result<Vec<SessionRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, created_at, last_used_at, created_user_agent, created_address, last_user_agent, last_address
-         FROM sessions
-         WHERE user_id = $1 AND revoked_at IS NULL
-           AND created_at > now() - make_interval(secs => $2) AND last_used_at > now() - make_interval(secs => $3)
-         ORDER BY created_at DESC, id",
-    )
-    .bind(caller.user_id)
-    .bind(max_lifetime.as_secs_f64())
-    .bind(idle_timeout.as_secs_f64())
-    .fetch_all(db)
-    .await
-}
-
 /// The lifetimes a session is live within (`SESSION_MAX_LIFETIME_SECONDS`,
 /// `SESSION_IDLE_TIMEOUT_SECONDS`): one past either is over even before a refresh revokes it.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLifetimes {
     pub max: std::time::Duration,
     pub idle: std::time::Duration,
+}
+
+/// The SQL condition "within its lifetimes" on a `sessions` row, with the placeholders of the
+/// lifetimes' seconds (`SessionLifetimes::max`, `::idle`): written once for every statement that
+/// needs it. A macro, so that each statement stays one literal.
+macro_rules! within_lifetimes {
+    ($max:literal, $idle:literal) => {
+        concat!(
+            "created_at > now() - make_interval(secs => ",
+            $max,
+            ") AND last_used_at > now() - make_interval(secs => ",
+            $idle,
+            ")"
+        )
+    };
+}
+
+/// The caller's sessions that are neither revoked nor past `lifetimes`, newest first.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn live_sessions_of(
+    db: impl PgExecutor<'_>,
+    caller: &Caller,
+    lifetimes: SessionLifetimes,
+) -> Result<Vec<SessionRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT id, created_at, last_used_at, created_user_agent, created_address, last_user_agent, last_address
+         FROM sessions
+         WHERE user_id = $1 AND revoked_at IS NULL AND ",
+        within_lifetimes!("$2", "$3"),
+        " ORDER BY created_at DESC, id"
+    ))
+    .bind(caller.user_id)
+    .bind(lifetimes.max.as_secs_f64())
+    .bind(lifetimes.idle.as_secs_f64())
+    .fetch_all(db)
+    .await
 }
 
 /// Revokes the caller's session `session_id` if it is live (not revoked, within `lifetimes`);
@@ -209,11 +222,11 @@ pub async fn revoke_own_session(
     session_id: Uuid,
     lifetimes: SessionLifetimes,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    let done = sqlx::query(concat!(
         "UPDATE sessions SET revoked_at = now(), revoked_reason = $3
-         WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL
-           AND created_at > now() - make_interval(secs => $4) AND last_used_at > now() - make_interval(secs => $5)",
-    )
+         WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND ",
+        within_lifetimes!("$4", "$5")
+    ))
     .bind(session_id)
     .bind(caller.user_id)
     .bind(RevokeReason::RevokedByUser.as_str())
@@ -232,14 +245,14 @@ pub async fn revoke_other_sessions(
     caller: &Caller,
     lifetimes: SessionLifetimes,
 ) -> Result<u64, sqlx::Error> {
-    let ended: i64 = sqlx::query_scalar(
+    let ended: i64 = sqlx::query_scalar(concat!(
         "WITH ended AS (
              UPDATE sessions SET revoked_at = now(), revoked_reason = $3
              WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL
              RETURNING created_at, last_used_at)
-         SELECT count(*) FROM ended
-         WHERE created_at > now() - make_interval(secs => $4) AND last_used_at > now() - make_interval(secs => $5)",
-    )
+         SELECT count(*) FROM ended WHERE ",
+        within_lifetimes!("$4", "$5")
+    ))
     .bind(caller.user_id)
     .bind(caller.session_id)
     .bind(RevokeReason::RevokedByUser.as_str())

@@ -131,6 +131,32 @@ async fn a_user_sees_their_sessions_and_ends_one_or_all_others_but_never_someone
         list.iter().map(|s| (s.id.as_str(), s.current)).collect::<Vec<_>>(),
         [(phone_session.id.as_str(), true)]
     );
+    // A session past its lifetime that no refresh has revoked yet is neither listed nor ended.
+    let old = login(&mut laptop, "alice@example.com").await;
+    let old_id: uuid::Uuid = sqlx::query_scalar(
+        "UPDATE sessions SET created_at = now() - interval '31 days'
+         WHERE id = (SELECT max(id::text)::uuid FROM sessions WHERE revoked_at IS NULL AND created_at > now() - interval '1 minute'
+                     AND id <> $1::uuid AND user_id = (SELECT user_id FROM sessions WHERE id = $1::uuid))
+         RETURNING id",
+    )
+    .bind(&phone_session.id)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    drop(old);
+    assert!(sessions(&mut phone, &on_phone.access_token).await.iter().all(|s| s.id != old_id.to_string()));
+    let err = phone
+        .revoke_session(authed(RevokeSessionRequest { session_id: old_id.to_string() }, &on_phone.access_token))
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::NotFound, "SESSION_NOT_FOUND");
+    let ended = phone
+        .revoke_other_sessions(authed(RevokeOtherSessionsRequest {}, &on_phone.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ended.revoked_sessions, 0, "an expired session is not counted as ended");
+
     let bobs_live: i64 =
         sqlx::query_scalar("SELECT count(*) FROM sessions s JOIN users u ON u.id = s.user_id WHERE u.email = 'bob@example.com' AND s.revoked_at IS NULL")
             .fetch_one(&app.db.pool)
