@@ -3,13 +3,14 @@
 # such tool hidden (TEST_HIDE_TOOLS) and CI unset, pass, and say each one that they skipped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-HIDDEN=pgbouncer
+HIDDEN=pgbouncer,patroni,etcd,haproxy
 # The tests that need one of them: name = cargo test arguments.
 declare -A SUITES=(
     [pgbouncer]="-p faults --test pgbouncer"
     [outage-behind-pgbouncer]="-p faults --test outage outage_behind_pgbouncer"
+    [failover]="-p faults --test failover"
 )
-EXPECTED=6
+EXPECTED=7
 log=$(mktemp)
 for name in "${!SUITES[@]}"; do
     one=$(mktemp)

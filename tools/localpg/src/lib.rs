@@ -7,6 +7,7 @@
 //! closes and the guardian stops the server.
 
 mod binaries;
+pub mod patroni;
 pub mod pgbouncer;
 mod server;
 pub mod system_tool;

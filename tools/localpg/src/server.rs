@@ -214,7 +214,7 @@ impl Drop for PrivatePostgres {
 }
 
 /// The user the server runs as: ourselves, or `postgres` when we are root.
-fn unprivileged_owner() -> Result<Option<(u32, u32)>, String> {
+pub(crate) fn unprivileged_owner() -> Result<Option<(u32, u32)>, String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);
@@ -282,7 +282,7 @@ pub(crate) fn free_port() -> Result<u16, String> {
     Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-fn random_password() -> String {
+pub(crate) fn random_password() -> String {
     use rand::Rng;
     let bytes: [u8; 24] = rand::thread_rng().r#gen();
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -1,4 +1,4 @@
-//! The system tools some tests need beyond Rust and PostgreSQL (pgbouncer today), found or
+//! The system tools some tests need beyond Rust and PostgreSQL ([`ALL`]), found or
 //! reported missing in one way for every such test.
 //!
 //! A test that needs one calls [`SystemTool::require`] first. When the tool is missing, the test
@@ -25,6 +25,20 @@ pub struct SystemTool {
 
 /// PgBouncer (Debian's 1.18): the pooler tests in `tools/faults` and `TEST_VIA_PGBOUNCER`.
 pub const PGBOUNCER: SystemTool = SystemTool { program: "pgbouncer", package: "pgbouncer", also_in: &["/usr/sbin"] };
+
+/// Patroni (Debian's 3.0.2, with python3-etcd for its etcd client): the failover drill
+/// (`tools/faults/tests/failover.rs`).
+pub const PATRONI: SystemTool = SystemTool { program: "patroni", package: "patroni", also_in: &[] };
+
+/// etcd (Debian's 3.4, package etcd-server): Patroni's consensus store in the failover drill.
+pub const ETCD: SystemTool = SystemTool { program: "etcd", package: "etcd-server", also_in: &[] };
+
+/// HAProxy (Debian's 2.6): the stable address in front of whichever node is the primary, in the
+/// failover drill.
+pub const HAPROXY: SystemTool = SystemTool { program: "haproxy", package: "haproxy", also_in: &["/usr/sbin"] };
+
+/// Every tool above: `tools/ci/install-test-tools.sh` installs the same list (keep the two in step).
+pub const ALL: &[SystemTool] = &[PGBOUNCER, PATRONI, ETCD, HAPROXY];
 
 /// The variable listing tools to treat as missing (comma-separated program names).
 pub const HIDE_VARIABLE: &str = "TEST_HIDE_TOOLS";
@@ -59,18 +73,36 @@ impl SystemTool {
     pub fn require(&self) -> Option<PathBuf> {
         match self.find() {
             Ok(path) => Some(path),
-            Err(missing) if ci() => panic!("{missing} (CI is set, so tests that need it must run)"),
             Err(missing) => {
-                let test = std::thread::current().name().unwrap_or("a test").to_string();
-                // Straight to stderr: libtest captures print!/eprint!, not writes to the handle.
-                // One write, so that libtest's own lines (stdout, often the same file) cannot land
-                // inside it.
-                let line = format!("skipped {test}: {missing} (with CI set this fails)\n");
-                let _ = std::io::stderr().write_all(line.as_bytes());
+                skip_or_fail(&missing);
                 None
             }
         }
     }
+}
+
+/// For a test that needs several tools: true when all are there; else false after one line
+/// naming every missing one (or a panic with `CI` set), as [`SystemTool::require`] does for one.
+pub fn require_all(tools: &[SystemTool]) -> bool {
+    let missing: Vec<String> = tools.iter().filter_map(|tool| tool.find().err()).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    skip_or_fail(&missing.join("; "));
+    false
+}
+
+/// Panics with `missing` when CI is set, else prints the skip line.
+fn skip_or_fail(missing: &str) {
+    if ci() {
+        panic!("{missing} (CI is set, so tests that need it must run)");
+    }
+    let test = std::thread::current().name().unwrap_or("a test").to_string();
+    // Straight to stderr: libtest captures print!/eprint!, not writes to the handle.
+    // One write, so that libtest's own lines (stdout, often the same file) cannot land
+    // inside it.
+    let line = format!("skipped {test}: {missing} (with CI set this fails)\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// True when `CI` is set to anything but empty, `0` or `false`.

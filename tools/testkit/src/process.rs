@@ -65,6 +65,19 @@ impl ServiceProcess {
     /// service (no inherited database or RUST_LOG surprises); `addr_var` names the
     /// listen-address variable.
     pub fn start(binary: &str, addr_var: &str, addr: SocketAddr, db: &TestDatabase, env: &[(&str, &str)]) -> Self {
+        Self::start_on(binary, addr_var, addr, &crate::db_config(db), env)
+    }
+
+    /// `start` on the database settings `config` (its URL, direct URL and pool mode; the rest
+    /// are the binary's defaults unless `env` sets them): for a database that is not a
+    /// `TestDatabase`, such as the failover drill's cluster behind HAProxy.
+    pub fn start_on(
+        binary: &str,
+        addr_var: &str,
+        addr: SocketAddr,
+        config: &todo_shared::database::DbConfig,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(binary);
         command
             .env_remove("DATABASE_DIRECT_URL")
@@ -77,7 +90,6 @@ impl ServiceProcess {
             .env(addr_var, addr.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null());
-        let config = crate::db_config(db);
         command.env("DATABASE_URL", config.url.expose_secret());
         if let Some(direct) = &config.direct_url {
             command.env("DATABASE_DIRECT_URL", direct.expose_secret());
