@@ -1,6 +1,10 @@
-//! Deleting what no longer matters, once a minute, so that no table only grows: ended throttle
-//! windows (attempts on made-up accounts), expired refresh tokens, and sessions that were revoked
-//! long ago or can no longer be refreshed.
+//! Deleting what no longer matters, every few minutes, so that no table only grows: ended
+//! throttle windows (attempts on made-up accounts), expired refresh tokens, and sessions that were
+//! revoked long ago or can no longer be refreshed.
+//!
+//! Only while the service has calls: an idle service sends no statement, so that a serverless
+//! database can suspend (`database::activity`). What was left meanwhile goes at the first round
+//! after the next call; nothing new accrues without calls.
 
 use crate::store;
 use std::time::Duration;
@@ -14,12 +18,18 @@ pub async fn run_once(pool: &Db, throttle_window: Duration) -> Result<(), sqlx::
     store::prune_sessions(pool, KEEP_REVOKED_SESSIONS).await
 }
 
+/// How often housekeeping runs while the service has calls.
+pub const EVERY: Duration = Duration::from_secs(300);
+
+/// Runs housekeeping every `EVERY` while the service has calls (deferred to the next call while
+/// it has none), until aborted.
 pub fn spawn(pool: Db, throttle_window: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            tokio::time::sleep(EVERY).await;
+            pool.activity().until_active().await;
             if let Err(e) = run_once(&pool, throttle_window).await {
-                tracing::warn!(error = %e, "housekeeping failed; will retry in a minute");
+                tracing::warn!(error = %e, "housekeeping failed; will retry in five minutes");
             }
         }
     })

@@ -40,3 +40,25 @@ async fn made_up_kids_reload_at_most_every_250_ms_and_concurrent_misses_share_a_
     keys.get("new-key").await.expect("a new key is found on the next miss");
     println!("50 concurrent misses: {concurrent:?}; 5 sequential misses: {sequential:?}");
 }
+
+#[tokio::test]
+async fn a_key_retired_while_the_ring_was_not_listening_is_refused_once_the_ring_is_marked_stale() {
+    // What an idle task-service does: its listener closes, nothing hears a retirement, and the
+    // ring is marked stale so that the first lookup after reloads.
+    let db = TestDatabase::new().await;
+    sqlx::query("INSERT INTO signing_keys (kid, public_key) VALUES ('idle-key', $1)")
+        .bind(&[5u8; 32][..])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let keys = KeyRing::load(db.pool.clone().into()).await;
+    keys.get("idle-key").await.expect("a registered key verifies");
+    sqlx::query("UPDATE signing_keys SET retired_at = now() WHERE kid = 'idle-key'").execute(&db.pool).await.unwrap();
+    assert!(keys.is_usable("idle-key"), "unheard, the retirement is not known yet (the listener's job)");
+    keys.mark_stale();
+    assert!(!keys.is_usable("idle-key"), "a stale ring vouches for no cached verification");
+    assert!(
+        matches!(keys.get("idle-key").await, Err(KeyLookupError::UnknownKid)),
+        "the lookup after reloads and finds the key retired"
+    );
+}

@@ -108,12 +108,14 @@ pub async fn serve(
 }
 
 /// Deletes tombstones older than the retention time, an hour apart (every instance does; the
-/// work is idempotent).
+/// work is idempotent), and only while the service has calls: an idle instance sends no
+/// statement (`database::activity`), and its round waits for the next call.
 fn spawn_pruning(pool: Db, retention: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(3600));
         loop {
             every.tick().await;
+            pool.activity().until_active().await;
             match sync::feed::prune(&pool, retention).await {
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(removed, "pruned tombstones of deleted tasks"),

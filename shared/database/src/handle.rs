@@ -18,6 +18,7 @@
 //! In session mode all three are plain sqlx: cached named statements, and a statement outside a
 //! transaction is one round trip.
 
+use super::activity::Activity;
 use super::deadline::DEFAULT_STATEMENT_TIMEOUT;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream};
@@ -47,13 +48,20 @@ pub enum PoolMode {
 pub struct Db {
     pool: PgPool,
     mode: PoolMode,
+    activity: Activity,
 }
 
 impl Db {
     /// `pool`, used as `mode` says (in transaction mode every statement runs unnamed inside a
     /// transaction).
     pub fn new(pool: PgPool, mode: PoolMode) -> Self {
-        Self { pool, mode }
+        Self { pool, mode, activity: Activity::new() }
+    }
+
+    /// When the service last had work: the server records each call here, and the background
+    /// jobs that query on their own pause while there is none (see `activity`).
+    pub fn activity(&self) -> &Activity {
+        &self.activity
     }
 
     /// The pool itself: for its size and settings, not for statements (they go through `Db`).

@@ -6,6 +6,8 @@
 //!   the call (the server's call limits), becomes its statements' timeout,
 //! - the embedded migrations ([`MIGRATOR`], [`migrate`], [`migrate_when_ready`]),
 //! - waiting for the database at start ([`waiting`]),
+//! - whether the service has work ([`activity`]): background work pauses without it, so that a
+//!   serverless database can suspend,
 //! - telling an outage from a bug ([`is_unavailable`], [`is_deadline`], [`violated_constraint`]),
 //! - its settings ([`DbConfig`]), and the environment parsing every part's settings use ([`env`]),
 //!   kept here because this is the crate everything else builds on.
@@ -14,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+pub mod activity;
 mod classify;
 pub mod config;
 pub mod deadline;

@@ -174,6 +174,13 @@ impl KeyRing {
         snapshot.key.is_some() && snapshot.age.is_some_and(|age| age < REFRESH_INTERVAL)
     }
 
+    /// Treats the loaded keys as stale: the next lookup reloads them before answering. For when
+    /// what keeps them current stops on purpose (the revocation listener of an idle service), so
+    /// that a key retired meanwhile is not accepted by the first calls after.
+    pub fn mark_stale(&self) {
+        self.loaded.write().expect("key ring lock is never poisoned: no panics inside").at = None;
+    }
+
     /// Loads every active key now.
     pub async fn reload(&self) -> Result<(), sqlx::Error> {
         let started = Instant::now();

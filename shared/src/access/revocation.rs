@@ -12,6 +12,14 @@
 //! heard for three seconds (a dropped or half-open connection, a pooler in transaction mode that
 //! never delivers notifications) each check asks the database instead (refusing when it cannot),
 //! and the listener reconnects and loads the list again.
+//!
+//! Idle, it lets the database sleep: with no calls and no streams for `activity::IDLE_AFTER`
+//! the heartbeat stops, the listener closes its connection once the list goes stale, and it
+//! connects again only at the next call. The first calls after an idle spell check their session
+//! in the database (the list is not live) until the listener has loaded the list again, which
+//! those calls start; so a session revoked meanwhile is refused all the same. The key ring is
+//! marked stale as the listener closes, so the first call also reloads the keys: a key retired
+//! meanwhile verifies nothing.
 
 use crate::access::keyring::KeyRing;
 use crate::access::token::TokenError;
@@ -103,13 +111,25 @@ impl Revocations {
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy_with(options);
         tokio::spawn(async move {
+            let activity = this.pool.activity().clone();
             let mut backoff = Duration::from_millis(100);
             loop {
+                // Connects only when there is work: a reconnect loop would wake a suspended
+                // serverless compute for nobody.
+                activity.until_active().await;
                 let started = Instant::now();
                 let result = this.listen(&listener_pool, &keys).await;
                 this.live.store(false, Ordering::Release);
                 match result {
-                    Ok(()) => {
+                    Ok(Ended::Idle) => {
+                        // Nothing tells the key ring of a retirement until the listener is back:
+                        // the first call after reloads the keys itself.
+                        keys.mark_stale();
+                        tracing::info!("no calls: revocation listener closed until the next call");
+                        backoff = Duration::from_millis(100);
+                        continue;
+                    }
+                    Ok(Ended::Lost) => {
                         tracing::warn!("revocation listener lost its connection; checking sessions in the database")
                     }
                     Err(e) => {
@@ -125,9 +145,9 @@ impl Revocations {
         })
     }
 
-    /// One connection's life: LISTEN, load, then apply notifications until it drops or goes
-    /// quiet for longer than the heartbeat allows.
-    async fn listen(&self, listener_pool: &sqlx::PgPool, keys: &KeyRing) -> Result<(), sqlx::Error> {
+    /// One connection's life: LISTEN, load, then apply notifications until it drops, goes quiet
+    /// for longer than the heartbeat allows, or the service has had no calls for a while.
+    async fn listen(&self, listener_pool: &sqlx::PgPool, keys: &KeyRing) -> Result<Ended, sqlx::Error> {
         let mut listener = PgListener::connect_with(listener_pool).await?;
         listener.listen_all([SESSION_REVOKED, SIGNING_KEYS_CHANGED, HEARTBEAT]).await?;
         self.load().await?;
@@ -141,6 +161,10 @@ impl Revocations {
             let mut every = tokio::time::interval(HEARTBEAT_EVERY);
             loop {
                 every.tick().await;
+                if !pool.activity().is_active() {
+                    // Idle: the listener hears nothing, ends, and comes back with the next call.
+                    continue;
+                }
                 // Through the main pool, the way revocations travel.
                 if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(HEARTBEAT).execute(&pool).await {
                     tracing::debug!(error = %e, "could not send a revocation heartbeat");
@@ -150,17 +174,21 @@ impl Revocations {
         self.receive(&mut listener, keys).await
     }
 
-    async fn receive(&self, listener: &mut PgListener, keys: &KeyRing) -> Result<(), sqlx::Error> {
+    async fn receive(&self, listener: &mut PgListener, keys: &KeyRing) -> Result<Ended, sqlx::Error> {
         let mut last_prune = Instant::now();
         loop {
             // try_recv gives None when the connection is lost; notifications in between are lost,
             // which is why the next connection reloads everything. A timeout means silence: the
-            // connection is replaced rather than trusted.
+            // connection is replaced rather than trusted, or closed when the heartbeat stopped
+            // because the service is idle.
             let Ok(received) = tokio::time::timeout(HEARTBEAT_STALE, listener.try_recv()).await else {
+                if !self.pool.activity().is_active() {
+                    return Ok(Ended::Idle);
+                }
                 tracing::warn!("no notification heard for {HEARTBEAT_STALE:?}, heartbeats included");
-                return Ok(());
+                return Ok(Ended::Lost);
             };
-            let Some(notification) = received? else { return Ok(()) };
+            let Some(notification) = received? else { return Ok(Ended::Lost) };
             self.heard();
             match notification.channel() {
                 SESSION_REVOKED => match notification.payload().parse::<Uuid>() {
@@ -209,6 +237,14 @@ impl Revocations {
             .expect("revocation lock is never poisoned: no panics inside")
             .retain(|_, forget_at| *forget_at > now);
     }
+}
+
+/// Why a listener's connection ended without an error.
+enum Ended {
+    /// The connection dropped, or went silent while the service had calls.
+    Lost,
+    /// The service had no calls: closed on purpose, to be opened by the next call.
+    Idle,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -29,7 +29,8 @@ pub async fn database_answers(pool: &Db) -> bool {
     matches!(tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await, Ok(Ok(_)))
 }
 
-/// Probes the database every second and keeps the health statuses in step, until aborted.
+/// Probes the database every second while the service has calls and keeps the health statuses
+/// in step, until aborted.
 pub fn spawn_database_probe(
     pool: Db,
     reporter: HealthReporter,
@@ -50,6 +51,7 @@ pub async fn probe_database(
     // A connection of its own, not the pool's: a pool busy with slow calls is not an outage,
     // and a single connect attempt tells "refused" at once where the pool would retry.
     let options = (*pool.pool().connect_options()).clone();
+    let activity = pool.activity().clone();
     let mut connection: Option<sqlx::PgConnection> = None;
     let mut last = None;
     loop {
@@ -69,6 +71,15 @@ pub async fn probe_database(
             set_all(&reporter, services, status).await;
             last = Some(probe);
         }
+        if probe == Probe::Answered && !activity.is_active() {
+            // No calls for a while: no probe either, or a serverless database would never
+            // suspend. Health stays SERVING (the database answered last), and the first call
+            // wakes the probe. The connection goes: a suspended compute closes it anyway.
+            tracing::debug!("no calls: the database probe pauses until the next one");
+            connection = None;
+            activity.until_active().await;
+            continue;
+        }
         tokio::time::sleep(if probe == Probe::Answered { PROBE_INTERVAL } else { PROBE_INTERVAL_WHILE_DOWN }).await;
     }
 }
@@ -83,28 +94,42 @@ enum Probe {
 }
 
 /// One probe: connect if needed, then `SELECT 1` within `PROBE_TIMEOUT`; a failed connection
-/// is dropped so that the next probe connects afresh.
+/// is dropped so that the next probe connects afresh. A kept connection that fails is replaced
+/// at once before the database counts as unreachable: the database may have closed it while the
+/// probe paused (a serverless compute suspending), which is no outage.
 async fn probe_once(options: &sqlx::postgres::PgConnectOptions, connection: &mut Option<sqlx::PgConnection>) -> Probe {
     use sqlx::Connection;
-    if connection.is_none() {
-        match tokio::time::timeout(PROBE_CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(options)).await {
-            Ok(Ok(fresh)) => *connection = Some(fresh),
-            Ok(Err(_)) => return Probe::Unreachable,
-            Err(_) => return Probe::Slow,
+    if let Some(conn) = connection.as_mut() {
+        match select_one(conn).await {
+            Probe::Unreachable => *connection = None,
+            probe => {
+                if probe != Probe::Answered {
+                    *connection = None;
+                }
+                return probe;
+            }
         }
     }
-    let Some(conn) = connection.as_mut() else { return Probe::Unreachable };
-    // The simple protocol: no prepared statement, which a pooler in transaction mode could hand
-    // to another server connection.
-    let probe = match tokio::time::timeout(PROBE_TIMEOUT, sqlx::Executor::execute(conn, "SELECT 1")).await {
+    let mut fresh = match tokio::time::timeout(PROBE_CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(options)).await {
+        Ok(Ok(fresh)) => fresh,
+        Ok(Err(_)) => return Probe::Unreachable,
+        Err(_) => return Probe::Slow,
+    };
+    let probe = select_one(&mut fresh).await;
+    if probe == Probe::Answered {
+        *connection = Some(fresh);
+    }
+    probe
+}
+
+/// `SELECT 1` within `PROBE_TIMEOUT`, by the simple protocol: no prepared statement, which a
+/// pooler in transaction mode could hand to another server connection.
+async fn select_one(conn: &mut sqlx::PgConnection) -> Probe {
+    match tokio::time::timeout(PROBE_TIMEOUT, sqlx::Executor::execute(conn, "SELECT 1")).await {
         Ok(Ok(_)) => Probe::Answered,
         Ok(Err(_)) => Probe::Unreachable,
         Err(_) => Probe::Slow,
-    };
-    if probe != Probe::Answered {
-        *connection = None;
     }
-    probe
 }
 
 /// The `healthcheck` subcommand of the binaries (for container health checks without extra

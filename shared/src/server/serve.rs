@@ -63,6 +63,7 @@ pub async fn serve(
     let health_service = crate::server::health_service::service(&reporter);
     crate::server::health::set_all(&reporter, services, ServingStatus::NotServing).await;
     let ready = Ready::default();
+    let activity = pool.activity().clone();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let background = {
         let (ready, reporter) = (ready.clone(), reporter.clone());
@@ -119,7 +120,7 @@ pub async fn serve(
         .layer(crate::server::grpc_web::layer(&extras.cors))
         .layer(AccessLogLayer(in_flight.clone(), metrics))
         .layer(CallLimitsLayer)
-        .layer(StartupGateLayer { ready, domain: domain_of(services) })
+        .layer(StartupGateLayer { ready, domain: domain_of(services), activity: activity.clone() })
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS_PER_CONNECTION)
         .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS_PER_CONNECTION as usize)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

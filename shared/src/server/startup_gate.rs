@@ -1,6 +1,8 @@
 //! The start-up gate: a service listens at once and reports NOT_SERVING while its database
 //! start-up steps run (`database::waiting`); its own calls wait for a start under way, are
 //! refused with UNAVAILABLE while the database cannot be reached, and pass once it is done.
+//! Each of its own calls is recorded as activity (`database::activity`); health and reflection
+//! calls are not, so probes alone leave an idle service idle.
 
 use futures_util::future::Either;
 use std::future::Future;
@@ -94,13 +96,15 @@ pub struct StartupGateLayer {
     pub ready: Ready,
     /// The ErrorInfo domain of the refusal.
     pub domain: &'static str,
+    /// Where the service's own calls are recorded (`Db::activity`).
+    pub activity: crate::database::activity::Activity,
 }
 
 impl<S> tower::Layer<S> for StartupGateLayer {
     type Service = StartupGate<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        StartupGate { inner, ready: self.ready.clone(), domain: self.domain }
+        StartupGate { inner, ready: self.ready.clone(), domain: self.domain, activity: self.activity.clone() }
     }
 }
 
@@ -110,6 +114,7 @@ pub struct StartupGate<S> {
     inner: S,
     ready: Ready,
     domain: &'static str,
+    activity: crate::database::activity::Activity,
 }
 
 type Held<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
@@ -132,7 +137,11 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
-        if self.ready.serving() || path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
+        if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
+            return Either::Left(self.inner.call(request));
+        }
+        self.activity.touch();
+        if self.ready.serving() {
             return Either::Left(self.inner.call(request));
         }
         let (ready, domain) = (self.ready.clone(), self.domain);

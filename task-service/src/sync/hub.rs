@@ -9,6 +9,11 @@
 //! extra one costs a query that finds nothing. (NOTIFY would wake sooner, but a notifying
 //! transaction holds a database-wide lock through its commit: every task write would commit one
 //! after another.)
+//!
+//! The poll runs only while the instance has streams: without any it sends nothing, so that a
+//! serverless database can suspend. The first stream to open starts it again; its first poll
+//! only sets the horizon, and wakes every stream to read its feed once (as after failed polls),
+//! which covers what committed before that horizon.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +40,8 @@ pub struct Hub {
     last_heard: Mutex<Instant>,
     /// The WatchTasks responses still being sent.
     pub(crate) open_streams: InFlight,
+    /// Woken when a stream subscribes, for a poller paused while there were none.
+    subscribed: tokio::sync::Notify,
 }
 
 /// What a stream waits on: its user's changes, a wake-up for all, and the server's stop.
@@ -88,6 +95,7 @@ impl Hub {
             live: AtomicBool::new(false),
             last_heard: Mutex::new(Instant::now()),
             open_streams: InFlight::default(),
+            subscribed: tokio::sync::Notify::new(),
         })
     }
 
@@ -103,6 +111,7 @@ impl Hub {
             }
             sender.subscribe()
         };
+        self.subscribed.notify_waiters();
         Some(Subscription {
             hub: self.clone(),
             user_id,
@@ -133,7 +142,21 @@ impl Hub {
         self.everyone.send_modify(|n| *n += 1);
     }
 
-    /// Polls until the task is aborted.
+    /// Resolves once some user has a stream here.
+    async fn until_watched(&self) {
+        loop {
+            let subscribed = self.subscribed.notified();
+            tokio::pin!(subscribed);
+            // Registered before the check: a stream subscribing in between still wakes it.
+            subscribed.as_mut().enable();
+            if !self.users.lock().expect("hub lock is never poisoned: no panics inside").is_empty() {
+                return;
+            }
+            subscribed.await;
+        }
+    }
+
+    /// Polls while there are streams, until the task is aborted.
     pub fn spawn_poller(self: &Arc<Self>, pool: &Db) -> tokio::task::JoinHandle<()> {
         let (this, pool) = (self.clone(), pool.clone());
         tokio::spawn(async move {
@@ -144,6 +167,15 @@ impl Hub {
             // As if failing before the first poll: streams that began before it look once after.
             let mut failing = true;
             loop {
+                if this.users.lock().expect("hub lock is never poisoned: no panics inside").is_empty() {
+                    // Nobody to wake: no poll until a stream opens. The horizon is forgotten, and
+                    // the first poll after is treated like one after failures (everyone looks).
+                    this.live.store(false, Ordering::Release);
+                    horizon = None;
+                    failing = true;
+                    this.until_watched().await;
+                    every.reset_immediately();
+                }
                 every.tick().await;
                 match this.poll(&pool, horizon.as_deref()).await {
                     Ok(next) => {

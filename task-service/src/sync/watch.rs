@@ -176,6 +176,9 @@ impl Watcher {
     /// The checks made every second and before every page: the token still verifies and its
     /// session is live, and the reader is not stuck with events waiting for it.
     async fn still_allowed(&self, reader: &mut Reader) -> Result<(), TaskError> {
+        // An open stream is work: it keeps the revocation list live (it checks its session
+        // every second) as calls do.
+        self.pool.activity().touch();
         self.authenticator.authenticate(Some(&self.authorization)).await?;
         reader.check_moving(self.settings)
     }

@@ -89,7 +89,9 @@ impl ServiceProcess {
             .env("SIGNUP_MAX_PER_ADDRESS", "1000000")
             .env(addr_var, addr.to_string())
             .stdin(Stdio::null())
-            .stdout(Stdio::null());
+            // The services log to standard output: hidden, unless TEST_SERVICE_LOGS is set
+            // (to see why a process answered what it did while debugging a test).
+            .stdout(if std::env::var_os("TEST_SERVICE_LOGS").is_some() { Stdio::inherit() } else { Stdio::null() });
         command.env("DATABASE_URL", config.url.expose_secret());
         if let Some(direct) = &config.direct_url {
             command.env("DATABASE_DIRECT_URL", direct.expose_secret());
