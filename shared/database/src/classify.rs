@@ -10,6 +10,11 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => true,
+        // Bytes that are not PostgreSQL's protocol: a connection cut short. A proxy with no server
+        // behind it (HAProxy during a failover, a pooler whose server is gone) accepts and closes
+        // at once, and sqlx reads "0x00" as the answer to its SSLRequest
+        // (tests/unavailable.rs); the connection is useless, and a retry may find a server.
+        sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exception; 57P0x: shutdown / cannot connect now; 53300: too many
             // connections; 40001/40P01 are retryable too (serialization failure, deadlock).

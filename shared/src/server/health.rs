@@ -94,42 +94,30 @@ enum Probe {
 }
 
 /// One probe: connect if needed, then `SELECT 1` within `PROBE_TIMEOUT`; a failed connection
-/// is dropped so that the next probe connects afresh. A kept connection that fails is replaced
-/// at once before the database counts as unreachable: the database may have closed it while the
-/// probe paused (a serverless compute suspending), which is no outage.
+/// is dropped so that the next probe connects afresh. A kept connection that breaks counts at
+/// once (a primary that died, a pooler restarted): the probe drops its connection when it pauses
+/// for an idle spell, so one closed meanwhile (a serverless compute suspending) is never probed.
 async fn probe_once(options: &sqlx::postgres::PgConnectOptions, connection: &mut Option<sqlx::PgConnection>) -> Probe {
     use sqlx::Connection;
-    if let Some(conn) = connection.as_mut() {
-        match select_one(conn).await {
-            Probe::Unreachable => *connection = None,
-            probe => {
-                if probe != Probe::Answered {
-                    *connection = None;
-                }
-                return probe;
-            }
+    if connection.is_none() {
+        match tokio::time::timeout(PROBE_CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(options)).await {
+            Ok(Ok(fresh)) => *connection = Some(fresh),
+            Ok(Err(_)) => return Probe::Unreachable,
+            Err(_) => return Probe::Slow,
         }
     }
-    let mut fresh = match tokio::time::timeout(PROBE_CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(options)).await {
-        Ok(Ok(fresh)) => fresh,
-        Ok(Err(_)) => return Probe::Unreachable,
-        Err(_) => return Probe::Slow,
-    };
-    let probe = select_one(&mut fresh).await;
-    if probe == Probe::Answered {
-        *connection = Some(fresh);
-    }
-    probe
-}
-
-/// `SELECT 1` within `PROBE_TIMEOUT`, by the simple protocol: no prepared statement, which a
-/// pooler in transaction mode could hand to another server connection.
-async fn select_one(conn: &mut sqlx::PgConnection) -> Probe {
-    match tokio::time::timeout(PROBE_TIMEOUT, sqlx::Executor::execute(conn, "SELECT 1")).await {
+    let Some(conn) = connection.as_mut() else { return Probe::Unreachable };
+    // The simple protocol: no prepared statement, which a pooler in transaction mode could hand
+    // to another server connection.
+    let probe = match tokio::time::timeout(PROBE_TIMEOUT, sqlx::Executor::execute(conn, "SELECT 1")).await {
         Ok(Ok(_)) => Probe::Answered,
         Ok(Err(_)) => Probe::Unreachable,
         Err(_) => Probe::Slow,
+    };
+    if probe != Probe::Answered {
+        *connection = None;
     }
+    probe
 }
 
 /// The `healthcheck` subcommand of the binaries (for container health checks without extra

@@ -8,8 +8,11 @@
 //! - meanwhile callers see only UNAVAILABLE or DEADLINE_EXCEEDED (never INTERNAL, CANCELLED or
 //!   anything else), and writes succeed again within 15 s of the kill (the figure is printed);
 //! - gRPC health turns NOT_SERVING while no primary answers, and SERVING after;
-//! - each WatchTasks stream ends with UNAVAILABLE and, resumed with its last sync token, gets every
-//!   change after it once, with no gap, up to the tasks as the new primary has them;
+//! - each WatchTasks stream either rides through the failover (a read of its feed waits up to 3 s
+//!   for a connection, then the stream looks again) or ends with UNAVAILABLE and is resumed from
+//!   its last sync token; either way it gets every change once, with no gap, up to the tasks as
+//!   the new primary has them; and a stream opened on the new primary from the token each stream
+//!   held at the kill replays each change since once;
 //! - a Logout after the failover is refused by task-service within 1 s (SESSION_REVOKED): its
 //!   LISTEN moved to the new primary.
 //!
