@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use todo_shared::access::TokenConfig;
 use todo_shared::database::DbConfig;
-use todo_shared::env::{ConfigError, Env, optional, parse_or, seconds, socket_addr};
+use todo_shared::env::{ConfigError, Env, Setting, optional, parse_or, seconds, socket_addr};
 use todo_shared::server::endpoint::{EndpointConfig, drain_timeout};
 use todo_shared::server::grpc_web::CorsOrigins;
 
@@ -37,6 +37,69 @@ pub struct AuthConfig {
     pub cors_allowed_origins: CorsOrigins,
     /// TLS and the metrics listener.
     pub endpoint: EndpointConfig,
+}
+
+/// The variables `AuthConfig::from_env` reads itself (the rest come from the shared parsers;
+/// see [`settings`]).
+pub const SETTINGS: &[Setting] = &[
+    Setting { var: "AUTH_ADDR", default: DEFAULT_ADDR, meaning: "listen address" },
+    Setting {
+        var: "SIGNING_KEY_FILE",
+        default: "(unset: a fresh key per start, for development)",
+        meaning: "PKCS#8 PEM Ed25519 private key, mode 600",
+    },
+    Setting {
+        var: "REFRESH_TOKEN_TTL_SECONDS",
+        default: "2592000",
+        meaning: "refresh-token lifetime, 30 days (60 s to 1 year)",
+    },
+    Setting {
+        var: "SESSION_MAX_LIFETIME_SECONDS",
+        default: "2592000",
+        meaning: "a session's absolute lifetime from its login, 30 days (300 s to 1 year)",
+    },
+    Setting {
+        var: "SESSION_IDLE_TIMEOUT_SECONDS",
+        default: "604800",
+        meaning: "a session unused this long ends, 7 days (60 s to the lifetime)",
+    },
+    Setting {
+        var: "REFRESH_REUSE_GRACE_SECONDS",
+        default: "5",
+        meaning: "how long a spent refresh token may still be exchanged (concurrent refreshes), 0 to 60",
+    },
+    Setting { var: "BCRYPT_COST", default: "12", meaning: "bcrypt cost, 4 to 31" },
+    Setting {
+        var: "LOGIN_MAX_FAILURES_PER_ACCOUNT",
+        default: "5",
+        meaning: "failed password checks per account and window before TOO_MANY_ATTEMPTS",
+    },
+    Setting {
+        var: "LOGIN_MAX_FAILURES_PER_ADDRESS",
+        default: "100",
+        meaning: "the same per client address (IPv6: per /64)",
+    },
+    Setting {
+        var: "SIGNUP_MAX_PER_ADDRESS",
+        default: "20",
+        meaning: "SignUps per client address (IPv6: per /64) per throttle window",
+    },
+    Setting { var: "LOGIN_THROTTLE_WINDOW_SECONDS", default: "900", meaning: "the throttle window" },
+];
+
+/// Every setting the auth-service binary reads, as `--help` lists them: its own, then the
+/// shared parsers' (database, tokens, endpoint, CORS), then logging and `healthcheck`'s.
+pub fn settings() -> Vec<&'static [Setting]> {
+    let [logging, healthcheck] = todo_shared::server::service_main::PROCESS_SETTINGS;
+    vec![
+        SETTINGS,
+        DbConfig::SETTINGS,
+        TokenConfig::SETTINGS,
+        todo_shared::server::endpoint::SETTINGS,
+        CorsOrigins::SETTINGS,
+        logging,
+        healthcheck,
+    ]
 }
 
 impl AuthConfig {
@@ -113,6 +176,22 @@ mod tests {
         assert_eq!(c.throttle.max_failures_per_address, 100);
         assert_eq!(c.throttle.window, Duration::from_secs(900));
         assert!(c.db.run_migrations);
+    }
+
+    /// `--help` lists exactly what is read: a new variable without its line (or a line left
+    /// behind) fails here.
+    #[test]
+    fn the_settings_list_names_every_variable_read() {
+        let env = todo_shared::env::Recording::new(&[("DATABASE_URL", "postgres://h/db")]);
+        AuthConfig::from_env(&env).unwrap();
+        // With TLS on, `healthcheck` reads its own two.
+        let tls = todo_shared::env::Recording::new(&[("TLS_CERT_FILE", "/etc/hostname")]);
+        todo_shared::server::service_main::read_process_settings(&tls).unwrap();
+        let read: std::collections::BTreeSet<String> = env.asked().into_iter().chain(tls.asked()).collect();
+        let listed: std::collections::BTreeSet<String> =
+            settings().iter().flat_map(|list| list.iter()).map(|s| s.var.to_owned()).collect();
+        assert_eq!(read, listed);
+        assert_eq!(listed.len(), settings().iter().map(|l| l.len()).sum::<usize>(), "no variable listed twice");
     }
 
     #[test]

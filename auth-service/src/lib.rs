@@ -11,6 +11,7 @@ pub mod housekeeping;
 pub mod passwords;
 pub mod service;
 pub mod sessions;
+pub mod sessions_cli;
 pub mod signing_key;
 pub mod store;
 pub mod stored_emails;

@@ -104,16 +104,9 @@ pub async fn retire(pool: &Db, kid: &str, after: Duration) -> Result<bool, sqlx:
 
 /// `auth-service retire-key <kid> [seconds]`: the last step of a key rotation, run once no
 /// instance signs with the old key any more. Give `seconds` to let its last tokens expire first.
-pub async fn retire_key_command(args: &[String]) -> std::process::ExitCode {
+/// Exit code 0 when done, 1 when there is no such key or the database fails, 2 on a bad setting.
+pub async fn retire_key_command(kid: &str, after: u64) -> std::process::ExitCode {
     use std::process::ExitCode;
-    let (Some(kid), after) = (args.first(), args.get(1)) else {
-        eprintln!("usage: auth-service retire-key <kid> [seconds until it stops verifying, default 0]");
-        return ExitCode::from(2);
-    };
-    let Ok(after) = after.map_or(Ok(0), |s| s.parse::<u64>()) else {
-        eprintln!("auth-service retire-key: seconds must be a whole number");
-        return ExitCode::from(2);
-    };
     let config = match todo_shared::database::DbConfig::from_env(&todo_shared::env::ProcessEnv) {
         Ok(config) => config,
         Err(e) => {

@@ -43,6 +43,8 @@ pub enum RevokeReason {
     SessionExpired,
     /// Ended from another session (RevokeSession, RevokeOtherSessions).
     RevokedByUser,
+    /// Ended by an operator (`auth-service sessions revoke`).
+    RevokedByOperator,
 }
 
 impl RevokeReason {
@@ -54,6 +56,7 @@ impl RevokeReason {
             RevokeReason::RefreshTokenReused => "refresh_token_reused",
             RevokeReason::SessionExpired => "session_expired",
             RevokeReason::RevokedByUser => "revoked_by_user",
+            RevokeReason::RevokedByOperator => "revoked_by_operator",
         }
     }
 }
@@ -353,6 +356,36 @@ pub async fn revoke_session(
             .execute(db)
             .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The account `email` (canonical, as `domain::Email` makes it) is known by, if any.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn user_id_by_email(db: impl PgExecutor<'_>, email: &str) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM users WHERE email = $1").bind(email).fetch_optional(db).await
+}
+
+/// A session of an account as an operator sees it (`auth-service sessions list`), revoked or not.
+#[derive(Debug, sqlx::FromRow)]
+pub struct AdminSessionRow {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    pub last_user_agent: Option<String>,
+    pub last_address: Option<String>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_reason: Option<String>,
+}
+
+/// Every session of `user_id`, revoked or not, newest first.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn all_sessions_of(db: impl PgExecutor<'_>, user_id: Uuid) -> Result<Vec<AdminSessionRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, created_at, last_used_at, last_user_agent, last_address, revoked_at, revoked_reason
+         FROM sessions WHERE user_id = $1 ORDER BY created_at DESC, id",
+    )
+    .bind(user_id)
+    .fetch_all(db)
+    .await
 }
 
 /// Revokes the session a refresh token belongs to, spent or not. Unknown tokens do nothing.

@@ -1,4 +1,5 @@
-//! What both services share, in three parts whose dependencies point one way only:
+//! What both services share, in three parts whose dependencies point one way only, under the
+//! command line ([`cli`], the binaries' subcommands, which may use all three):
 //!
 //! - [`server`]: the gRPC server runtime (serve, layers, health, TLS, gRPC-Web, metrics,
 //!   telemetry, the start-up gate, error statuses), built on
@@ -13,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod cli;
 pub mod server;
 
 pub use todo_database as database;

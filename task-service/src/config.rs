@@ -6,7 +6,7 @@ use std::time::Duration;
 use todo_shared::access::TokenConfig;
 use todo_shared::access::token::EXP_LEEWAY_SECONDS;
 use todo_shared::database::DbConfig;
-use todo_shared::env::{ConfigError, Env, seconds, socket_addr, whole};
+use todo_shared::env::{ConfigError, Env, Setting, seconds, socket_addr, whole};
 use todo_shared::server::call_rate::CallRateConfig;
 use todo_shared::server::endpoint::{EndpointConfig, drain_timeout};
 use todo_shared::server::grpc_web::CorsOrigins;
@@ -37,6 +37,54 @@ pub struct TaskConfig {
     pub cors_allowed_origins: CorsOrigins,
     /// TLS and the metrics listener.
     pub endpoint: EndpointConfig,
+}
+
+/// The variables `TaskConfig::from_env` reads itself (the rest come from the shared parsers;
+/// see [`settings`]).
+pub const SETTINGS: &[Setting] = &[
+    Setting { var: "TASK_ADDR", default: DEFAULT_ADDR, meaning: "listen address" },
+    Setting {
+        var: "REVOCATION_WINDOW_SECONDS",
+        default: "86400",
+        meaning: "how long revoked or deleted sessions are remembered; at least ACCESS_TOKEN_TTL_SECONDS + 5",
+    },
+    Setting {
+        var: "SYNC_RETENTION_DAYS",
+        default: "45",
+        meaning: "how long tombstones of deleted tasks are kept; an older sync token syncs again from the start",
+    },
+    Setting {
+        var: "WATCH_BUFFER_EVENTS",
+        default: "256",
+        meaning: "events held per WatchTasks stream for a slow reader",
+    },
+    Setting {
+        var: "WATCH_SLOW_READER_SECONDS",
+        default: "10",
+        meaning: "how long a reader may take none of its waiting events before its stream is cut",
+    },
+    Setting {
+        var: "MAX_STREAMS_PER_USER",
+        default: "16",
+        meaning: "WatchTasks streams one user may have open on one instance",
+    },
+    Setting { var: "MAX_TASKS_PER_USER", default: "100000", meaning: "tasks one user may have" },
+];
+
+/// Every setting the task-service binary reads, as `--help` lists them: its own, then the
+/// shared parsers' (database, tokens, call rate, endpoint, CORS), then logging and `healthcheck`'s.
+pub fn settings() -> Vec<&'static [Setting]> {
+    let [logging, healthcheck] = todo_shared::server::service_main::PROCESS_SETTINGS;
+    vec![
+        SETTINGS,
+        DbConfig::SETTINGS,
+        TokenConfig::SETTINGS,
+        CallRateConfig::SETTINGS,
+        todo_shared::server::endpoint::SETTINGS,
+        CorsOrigins::SETTINGS,
+        logging,
+        healthcheck,
+    ]
 }
 
 impl TaskConfig {
@@ -86,6 +134,22 @@ fn revocation_window(env: &dyn Env, token: &TokenConfig) -> Result<Duration, Con
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--help` lists exactly what is read: a new variable without its line (or a line left
+    /// behind) fails here.
+    #[test]
+    fn the_settings_list_names_every_variable_read() {
+        let env = todo_shared::env::Recording::new(&[("DATABASE_URL", "postgres://h/db")]);
+        TaskConfig::from_env(&env).unwrap();
+        // With TLS on, `healthcheck` reads its own two.
+        let tls = todo_shared::env::Recording::new(&[("TLS_CERT_FILE", "/etc/hostname")]);
+        todo_shared::server::service_main::read_process_settings(&tls).unwrap();
+        let read: std::collections::BTreeSet<String> = env.asked().into_iter().chain(tls.asked()).collect();
+        let listed: std::collections::BTreeSet<String> =
+            settings().iter().flat_map(|list| list.iter()).map(|s| s.var.to_owned()).collect();
+        assert_eq!(read, listed);
+        assert_eq!(listed.len(), settings().iter().map(|l| l.len()).sum::<usize>(), "no variable listed twice");
+    }
 
     #[test]
     fn defaults_and_errors() {

@@ -2,7 +2,7 @@
 //! `DB_POOL_MODE`, `RUN_MIGRATIONS`), read once at start, and safe to log.
 
 use super::PoolMode;
-use crate::env::{ConfigError, Env, boolean, optional, parse_or};
+use crate::env::{ConfigError, Env, Setting, boolean, optional, parse_or};
 use secrecy::{ExposeSecret, SecretString};
 use std::fmt;
 
@@ -24,6 +24,36 @@ pub struct DbConfig {
 }
 
 impl DbConfig {
+    /// Every variable `from_env` reads, for `--help`.
+    pub const SETTINGS: &[Setting] = &[
+        Setting {
+            var: "DATABASE_URL",
+            default: "(required)",
+            meaning: "PostgreSQL URL, e.g. postgres://user:pass@host/db?sslmode=verify-full",
+        },
+        Setting {
+            var: "DATABASE_DIRECT_URL",
+            default: "(unset: DATABASE_URL)",
+            meaning: "a direct, session-capable URL for migrations (advisory lock) and LISTEN, when DATABASE_URL is a pooler",
+        },
+        Setting { var: "DB_MAX_CONNECTIONS", default: "10", meaning: "pool size, 1 to 1000" },
+        Setting {
+            var: "DB_POOL_MODE",
+            default: "session",
+            meaning: "session (PostgreSQL, or a pooler in session mode) or transaction (a pooler in transaction mode; needs DATABASE_DIRECT_URL)",
+        },
+        Setting {
+            var: "RUN_MIGRATIONS",
+            default: "true",
+            meaning: "apply pending migrations at start (an advisory lock serialises instances)",
+        },
+        Setting {
+            var: "DB_STATEMENT_CACHE",
+            default: "(unset)",
+            meaning: "retired: setting it stops the start; use DB_POOL_MODE=transaction behind a transaction pooler",
+        },
+    ];
+
     /// The database settings from `env`; an error naming the variable when one is missing or
     /// wrong (`DATABASE_URL` is required; `DB_POOL_MODE=transaction` requires `DATABASE_DIRECT_URL`).
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {

@@ -101,3 +101,41 @@ pub fn seconds(
 ) -> Result<Duration, ConfigError> {
     whole(env, var, default, range, "seconds").map(Duration::from_secs)
 }
+
+/// One setting a binary reads, as its `--help` lists it: each parser keeps the list of the
+/// variables it reads next to it, and each binary's list is theirs put together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// The environment variable, e.g. `DB_MAX_CONNECTIONS`.
+    pub var: &'static str,
+    /// Its default in words, e.g. `10`, or `(required)`, or `(unset: no metrics listener)`.
+    pub default: &'static str,
+    /// What it sets, in one sentence.
+    pub meaning: &'static str,
+}
+
+/// An environment of fixed `values` that remembers every variable asked of it: for tests that a
+/// settings list names exactly what a parser reads.
+pub struct Recording<'a> {
+    values: &'a [(&'a str, &'a str)],
+    asked: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl<'a> Recording<'a> {
+    /// An environment holding `values` and nothing else.
+    pub fn new(values: &'a [(&'a str, &'a str)]) -> Self {
+        Self { values, asked: Default::default() }
+    }
+
+    /// Every variable asked for so far, set or not, sorted.
+    pub fn asked(&self) -> std::collections::BTreeSet<String> {
+        self.asked.lock().expect("not poisoned").clone()
+    }
+}
+
+impl Env for Recording<'_> {
+    fn get(&self, var: &str) -> Option<String> {
+        self.asked.lock().expect("not poisoned").insert(var.to_owned());
+        Env::get(&self.values, var)
+    }
+}

@@ -4,7 +4,9 @@
 //! - the PostgreSQL pool and its executors ([`Db`], [`Tx`]; [`pool`]),
 //! - the per-call statement_timeout ([`deadline`]): a call's remaining time, set by whoever runs
 //!   the call (the server's call limits), becomes its statements' timeout,
-//! - the embedded migrations ([`MIGRATOR`], [`migrate`], [`migrate_when_ready`]),
+//! - the embedded migrations ([`MIGRATOR`], [`migrate`], [`migrate_when_ready`]), and looking at
+//!   and reverting them by hand ([`migrations`]),
+//! - the integrity checks of the `verify` command ([`verify`]),
 //! - waiting for the database at start ([`waiting`]),
 //! - whether the service has work ([`activity`]): background work pauses without it, so that a
 //!   serverless database can suspend,
@@ -22,6 +24,8 @@ pub mod config;
 pub mod deadline;
 pub mod env;
 mod handle;
+pub mod migrations;
+pub mod verify;
 pub mod waiting;
 
 pub use classify::{is_deadline, is_unavailable, violated_constraint};

@@ -26,6 +26,25 @@ pub struct TokenConfig {
 pub const EXP_LEEWAY_SECONDS: u64 = 5;
 
 impl TokenConfig {
+    /// Every variable `from_env` reads, for `--help`.
+    pub const SETTINGS: &[crate::env::Setting] = &[
+        crate::env::Setting {
+            var: "TOKEN_ISSUER",
+            default: "todo-auth",
+            meaning: "iss of access tokens; must agree between the services",
+        },
+        crate::env::Setting {
+            var: "TOKEN_AUDIENCE",
+            default: "todo",
+            meaning: "aud of access tokens; must agree between the services",
+        },
+        crate::env::Setting {
+            var: "ACCESS_TOKEN_TTL_SECONDS",
+            default: "900",
+            meaning: "access-token lifetime, 5 to 86400 s",
+        },
+    ];
+
     /// `TOKEN_ISSUER`, `TOKEN_AUDIENCE` and `ACCESS_TOKEN_TTL_SECONDS`, or their defaults; an
     /// error names `ACCESS_TOKEN_TTL_SECONDS` when it is not a whole number of seconds in range.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {

@@ -25,6 +25,20 @@ pub struct CallRateConfig {
 }
 
 impl CallRateConfig {
+    /// Every variable `from_env` reads, for `--help`.
+    pub const SETTINGS: &[crate::env::Setting] = &[
+        crate::env::Setting {
+            var: "USER_CALLS_PER_SECOND",
+            default: "100",
+            meaning: "calls one user may keep up per second on one instance",
+        },
+        crate::env::Setting {
+            var: "USER_CALLS_BURST",
+            default: "200",
+            meaning: "calls one user may make at once after a pause (at least USER_CALLS_PER_SECOND)",
+        },
+    ];
+
     /// Reads both settings; an error names the variable (not a positive whole number, or a
     /// burst below the rate).
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {

@@ -5,6 +5,40 @@ use crate::env::{ConfigError, Env, optional, seconds, socket_addr};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Every variable `drain_timeout` and `EndpointConfig::from_env` read, for `--help`.
+pub const SETTINGS: &[crate::env::Setting] = &[
+    crate::env::Setting {
+        var: "SHUTDOWN_DRAIN_SECONDS",
+        default: "10",
+        meaning: "on SIGINT/SIGTERM, how long calls in flight may finish before they are cut",
+    },
+    crate::env::Setting {
+        var: "METRICS_ADDR",
+        default: "(unset: no metrics listener)",
+        meaning: "where /metrics (Prometheus) is served, e.g. 127.0.0.1:9101",
+    },
+    crate::env::Setting {
+        var: "TLS_CERT_FILE",
+        default: "(unset: plaintext h2c)",
+        meaning: "PEM certificate chain for gRPC over TLS (with TLS_KEY_FILE)",
+    },
+    crate::env::Setting {
+        var: "TLS_KEY_FILE",
+        default: "(unset: plaintext h2c)",
+        meaning: "PEM private key for gRPC over TLS (with TLS_CERT_FILE)",
+    },
+    crate::env::Setting {
+        var: "MAX_CONNECTIONS",
+        default: "4096",
+        meaning: "connections open at once on one instance; one more is closed at once",
+    },
+    crate::env::Setting {
+        var: "HANDSHAKE_TIMEOUT_SECONDS",
+        default: "10",
+        meaning: "from accept to the end of the TLS handshake and the HTTP preface, 1 to 300 s",
+    },
+];
+
 /// How long a stopping server lets in-flight calls finish (`SHUTDOWN_DRAIN_SECONDS`, default 10).
 pub fn drain_timeout(env: &dyn Env) -> Result<Duration, ConfigError> {
     seconds(env, "SHUTDOWN_DRAIN_SECONDS", 10, 0..=600)

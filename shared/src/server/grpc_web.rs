@@ -19,6 +19,13 @@ const VAR: &str = "CORS_ALLOWED_ORIGINS";
 pub struct CorsOrigins(Vec<String>);
 
 impl CorsOrigins {
+    /// The variable `from_env` reads, for `--help`.
+    pub const SETTINGS: &[crate::env::Setting] = &[crate::env::Setting {
+        var: VAR,
+        default: "(unset: none)",
+        meaning: "comma-separated browser origins (scheme://host[:port], exact) allowed to call over gRPC-Web",
+    }];
+
     /// Reads the comma-separated `CORS_ALLOWED_ORIGINS`; unset or empty means none.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         optional(env, VAR).map_or(Ok(Self::default()), |list| Self::parse(&list).map_err(|e| ConfigError::new(VAR, e)))

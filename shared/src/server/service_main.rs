@@ -1,8 +1,9 @@
-//! What both binaries do in `main`: logging, configuration with one-line errors, binding the
-//! listen address, serving until SIGINT/SIGTERM; or, as `<binary> healthcheck`, asking a
+//! What both binaries do to serve: logging, configuration with one-line errors, binding the
+//! listen address, serving until SIGINT/SIGTERM; or, for `<binary> healthcheck`, asking a
 //! running instance whether it is SERVING (for container health checks with no extra tools).
+//! The command line that chooses between them is `cli`'s.
 
-use crate::env::{ConfigError, Env, ProcessEnv, socket_addr};
+use crate::env::{ConfigError, Env, ProcessEnv, Setting, socket_addr};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -28,11 +29,38 @@ pub struct Binary<C> {
 /// Resolves when the process should stop (SIGINT or SIGTERM).
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// The settings every binary reads beside its service's configuration: logging, and what
+/// `healthcheck` needs to reach a TLS server.
+pub const PROCESS_SETTINGS: [&[Setting]; 2] =
+    [crate::server::telemetry::SETTINGS, crate::server::tls::CheckTls::SETTINGS];
+
+/// Reads the settings of [`PROCESS_SETTINGS`] from `env` without installing anything: for tests
+/// that the lists name exactly what is read.
+pub fn read_process_settings(env: &dyn Env) -> Result<(), ConfigError> {
+    crate::server::telemetry::LogFormat::from_env(env)?;
+    crate::server::telemetry::filter(env)?;
+    crate::server::tls::CheckTls::from_env(env)?;
+    Ok(())
+}
+
 impl<C> Binary<C> {
-    /// The binary's `main`: `healthcheck` asks a running instance and exits 0 if it is SERVING;
-    /// otherwise settings are read (a bad one: one line naming it, exit code 2), telemetry is set
-    /// up, the address is bound and `serve` runs until SIGINT or SIGTERM (exit code 0, or 1 when
-    /// it fails).
+    /// `<binary> healthcheck`: asks the instance at the listen address whether it is SERVING
+    /// (exit code 0 if so, 1 if not; 2 with one line naming a bad setting).
+    pub async fn healthcheck(&self) -> ExitCode {
+        let settings = socket_addr(&ProcessEnv, self.addr_var, self.default_addr)
+            .and_then(|addr| Ok((addr, crate::server::tls::CheckTls::from_env(&ProcessEnv)?)));
+        match settings {
+            Ok((addr, tls)) => crate::server::health::check_command(addr, self.service, tls).await,
+            Err(e) => {
+                eprintln!("{}: configuration error: {e}", self.name);
+                ExitCode::from(2)
+            }
+        }
+    }
+
+    /// The binary's `main` with no subcommand: settings are read (a bad one: one line naming it,
+    /// exit code 2), telemetry is set up, the address is bound and `serve` runs until SIGINT or
+    /// SIGTERM (exit code 0, or 1 when it fails).
     pub async fn main<F, Fut>(self, serve: F) -> ExitCode
     where
         F: FnOnce(TcpListener, C, Shutdown) -> Fut,
@@ -43,14 +71,6 @@ impl<C> Binary<C> {
             eprintln!("{name}: {what}{e}");
             ExitCode::from(code)
         };
-        if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-            let settings = socket_addr(&ProcessEnv, self.addr_var, self.default_addr)
-                .and_then(|addr| Ok((addr, crate::server::tls::CheckTls::from_env(&ProcessEnv)?)));
-            return match settings {
-                Ok((addr, tls)) => crate::server::health::check_command(addr, self.service, tls).await,
-                Err(e) => fail("configuration error: ", &e, 2),
-            };
-        }
         if let Err(e) = crate::server::telemetry::init(&ProcessEnv) {
             return fail("configuration error: ", &e, 2);
         }

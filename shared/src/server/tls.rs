@@ -94,6 +94,20 @@ pub struct CheckTls {
 }
 
 impl CheckTls {
+    /// The variables `from_env` reads beyond `TLS_CERT_FILE`, for `--help`.
+    pub const SETTINGS: &[crate::env::Setting] = &[
+        crate::env::Setting {
+            var: "HEALTHCHECK_CA_FILE",
+            default: "(the certificates in TLS_CERT_FILE)",
+            meaning: "what `healthcheck` trusts when TLS is on",
+        },
+        crate::env::Setting {
+            var: "HEALTHCHECK_TLS_NAME",
+            default: "localhost",
+            meaning: "the name `healthcheck` expects in the server certificate",
+        },
+    ];
+
     /// What `healthcheck` needs to reach a TLS server (`HEALTHCHECK_CA_FILE`,
     /// `HEALTHCHECK_TLS_NAME`), or None when TLS is off.
     pub fn from_env(env: &dyn Env) -> Result<Option<Self>, ConfigError> {
