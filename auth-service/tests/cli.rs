@@ -7,34 +7,11 @@ use sqlx::{Connection, PgConnection};
 use testkit::test_database::TestDatabase;
 use uuid::Uuid;
 
-/// What a run printed and how it ended.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn text(&self) -> String {
-        format!("exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
-    }
-}
+type Run = testkit::process::CommandRun;
 
 /// `auth-service <args>` with only `env` (and PATH) in its environment.
 async fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_auth-service"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .output()
-        .await
-        .expect("the auth-service binary runs");
-    Run {
-        code: output.status.code().expect("an exit code"),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    testkit::process::run_command(env!("CARGO_BIN_EXE_auth-service"), args, env).await
 }
 
 /// `auth-service <args>` on the test database.

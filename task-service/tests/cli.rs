@@ -4,32 +4,11 @@
 
 use testkit::test_database::TestDatabase;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+type Run = testkit::process::CommandRun;
 
-impl Run {
-    fn text(&self) -> String {
-        format!("exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
-    }
-}
-
+/// `task-service <args>` with only `env` (and PATH) in its environment.
 async fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_task-service"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .output()
-        .await
-        .expect("the task-service binary runs");
-    Run {
-        code: output.status.code().expect("an exit code"),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    testkit::process::run_command(env!("CARGO_BIN_EXE_task-service"), args, env).await
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@
 //! - `loop_wait: 1`, `retry_timeout: 5`, `ttl: 20`: Patroni notices within a second; the leader
 //!   key outlives a missed loop (`ttl` >= `loop_wait` + 2 x `retry_timeout`, as Patroni asks).
 
-use crate::server::{command, free_port};
+use crate::server::{chown, command, free_port, write_private};
 use crate::system_tool::{ETCD, HAPROXY, PATRONI};
 use crate::{PgBinaries, find_binaries};
 use std::fs;
@@ -516,21 +516,6 @@ fn make_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
     fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
     chown(dir, owner)
-}
-
-fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            .map_err(|e| format!("cannot chown {}: {e}", path.display()))?;
-    }
-    Ok(())
-}
-
-fn write_private(path: &Path, contents: &str, owner: Option<(u32, u32)>) -> Result<(), String> {
-    let mut file = fs::File::create(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
-    file.write_all(contents.as_bytes()).map_err(|e| e.to_string())?;
-    chown(path, owner)
 }
 
 /// The last `lines` lines of a log file (empty when it cannot be read).

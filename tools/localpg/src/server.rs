@@ -240,7 +240,7 @@ fn lookup_user(name: &str) -> Option<(u32, u32)> {
     })
 }
 
-fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+pub(crate) fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(path, Some(uid), Some(gid))
             .map_err(|e| format!("cannot chown {}: {e}", path.display()))?;
@@ -249,7 +249,7 @@ fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
 }
 
 /// A file only its owner can read (the server's user must read it for initdb).
-fn write_private(path: &Path, contents: &str, owner: Option<(u32, u32)>) -> Result<(), String> {
+pub(crate) fn write_private(path: &Path, contents: &str, owner: Option<(u32, u32)>) -> Result<(), String> {
     let mut file = fs::File::create(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
     file.write_all(contents.as_bytes()).map_err(|e| e.to_string())?;

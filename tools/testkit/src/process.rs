@@ -139,3 +139,38 @@ impl Drop for ServiceProcess {
         let _ = self.child.wait();
     }
 }
+
+/// What a run of a binary's command line printed, and its exit code.
+pub struct CommandRun {
+    /// The exit code (panics if the process was killed by a signal).
+    pub code: i32,
+    /// Standard output, lossily decoded.
+    pub stdout: String,
+    /// Standard error, lossily decoded.
+    pub stderr: String,
+}
+
+impl CommandRun {
+    /// Everything, for an assertion message.
+    pub fn text(&self) -> String {
+        format!("exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// Runs `binary args` to its end with only `env` (and PATH) in its environment: the command
+/// line tests of both binaries.
+pub async fn run_command(binary: &str, args: &[&str], env: &[(&str, &str)]) -> CommandRun {
+    let output = tokio::process::Command::new(binary)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("running {binary}: {e}"));
+    CommandRun {
+        code: output.status.code().expect("an exit code"),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
