@@ -47,7 +47,7 @@ fn call_layer(c: &mut Criterion) {
     let _guard = runtime.enter();
     let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://bench@127.0.0.1/none").expect("a URL");
     let services = ["todo.auth.v1.AuthService", "grpc.health.v1.Health"];
-    let metrics = Metrics::new(&services, &pool, 10, Vec::new());
+    let metrics = Metrics::new(&services, &todo_shared::database::Db::from(pool), Vec::new());
     let login = "/todo.auth.v1.AuthService/Login";
 
     let mut off = AccessLogLayer(InFlight::default(), None).layer(Instant);
@@ -57,7 +57,7 @@ fn call_layer(c: &mut Criterion) {
     c.bench_function("call layer, metrics on, unknown path", |b| {
         b.iter(|| call_once(&mut on, "/no.such.Service/Method"))
     });
-    c.bench_function("render /metrics", |b| b.iter(|| black_box(metrics.render())));
+    c.bench_function("render /metrics", |b| b.iter(|| black_box(runtime.block_on(metrics.render()))));
 }
 
 criterion_group!(benches, call_layer);

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgExecutor};
 use todo_shared::Caller;
 use todo_shared::database::Db;
+use todo_shared::database::statement::{observed, observed_one};
 use uuid::Uuid;
 
 /// The columns every statement returns. `xmin` (the id of the transaction that wrote this row
@@ -40,7 +41,6 @@ pub enum Written<T> {
 /// read settles it. Only past that are the tasks counted, and the count stops at `max_tasks`
 /// rows of idx_tasks_user_created_id. Concurrent creates of one user may pass it together, so a user can end up a few
 /// (at most the calls in flight) over the limit, never far.
-#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert(
     db: impl PgExecutor<'_>,
     caller: &Caller,
@@ -48,18 +48,21 @@ pub async fn insert(
     description: &Description,
     max_tasks: i64,
 ) -> Result<Option<TaskRow>, sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(format!(
-        "INSERT INTO tasks (user_id, title, description)
+    observed(
+        "insert_task",
+        sqlx::query_as(AssertSqlSafe(format!(
+            "INSERT INTO tasks (user_id, title, description)
          SELECT $1, $2, $3
          WHERE coalesce((SELECT seq FROM task_feeds WHERE user_id = $1), 0) < $4
             OR (SELECT count(*) FROM (SELECT 1 FROM tasks WHERE user_id = $1 LIMIT $4) mine) < $4
          RETURNING {COLUMNS}"
-    )))
-    .bind(caller.user_id)
-    .bind(title.as_str())
-    .bind(description.as_option())
-    .bind(max_tasks)
-    .fetch_optional(db)
+        )))
+        .bind(caller.user_id)
+        .bind(title.as_str())
+        .bind(description.as_option())
+        .bind(max_tasks)
+        .fetch_optional(db),
+    )
     .await
 }
 
@@ -68,19 +71,21 @@ async fn by_request_id(
     caller: &Caller,
     request_id: &RequestId,
 ) -> Result<Option<TaskRow>, sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM tasks
+    observed(
+        "task_by_request_id",
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM tasks
          WHERE user_id = $1 AND id = (SELECT task_id FROM task_create_requests WHERE user_id = $1 AND request_id = $2)"
-    )))
-    .bind(caller.user_id)
-    .bind(request_id.as_str())
-    .fetch_optional(db)
+        )))
+        .bind(caller.user_id)
+        .bind(request_id.as_str())
+        .fetch_optional(db),
+    )
     .await
 }
 
 /// Creates a task once per request id: a repeat (even a concurrent one) returns the task the
 /// first call created. None when the caller already has `max_tasks` (see `insert`).
-#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_once(
     pool: &Db,
     caller: &Caller,
@@ -97,14 +102,17 @@ pub async fn insert_once(
         return Ok(None);
     };
     // A concurrent twin blocks here on the primary key until the first commits, then conflicts.
-    let claimed = sqlx::query(
-        "INSERT INTO task_create_requests (user_id, request_id, task_id) VALUES ($1, $2, $3)
+    let claimed = observed(
+        "claim_request_id",
+        sqlx::query(
+            "INSERT INTO task_create_requests (user_id, request_id, task_id) VALUES ($1, $2, $3)
          ON CONFLICT (user_id, request_id) DO NOTHING",
+        )
+        .bind(caller.user_id)
+        .bind(request_id.as_str())
+        .bind(task.id)
+        .execute(&mut tx),
     )
-    .bind(caller.user_id)
-    .bind(request_id.as_str())
-    .bind(task.id)
-    .execute(&mut tx)
     .await?
     .rows_affected()
         == 1;
@@ -120,19 +128,20 @@ pub async fn insert_once(
     }
 }
 
-#[tracing::instrument(level = "debug", skip_all)]
 pub async fn get(db: impl PgExecutor<'_>, caller: &Caller, id: i32) -> Result<Option<TaskRow>, sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(format!("SELECT {COLUMNS} FROM tasks WHERE id = $1 AND user_id = $2")))
-        .bind(id)
-        .bind(caller.user_id)
-        .fetch_optional(db)
-        .await
+    observed(
+        "get_task",
+        sqlx::query_as(AssertSqlSafe(format!("SELECT {COLUMNS} FROM tasks WHERE id = $1 AND user_id = $2")))
+            .bind(id)
+            .bind(caller.user_id)
+            .fetch_optional(db),
+    )
+    .await
 }
 
 /// One page in keyset order: rows strictly after `after`, `limit` of them. Each variant is a
 /// fixed statement, so PostgreSQL plans it once per connection and uses
 /// idx_tasks_user_created_id or idx_tasks_user_updated_id for any page depth.
-#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(
     db: impl PgExecutor<'_>,
     caller: &Caller,
@@ -150,7 +159,7 @@ pub async fn list(
     if let Some(cursor) = after {
         query = query.bind(cursor.time).bind(cursor.id);
     }
-    query.bind(limit).fetch_all(db).await
+    observed("list_tasks", query.bind(limit).fetch_all(db)).await
 }
 
 /// The statement `list` runs for this shape of query (public for the EXPLAIN test).
@@ -182,7 +191,6 @@ pub struct Patch {
     pub completed: Option<bool>,
 }
 
-#[tracing::instrument(level = "debug", skip_all)]
 pub async fn update(
     pool: &Db,
     caller: &Caller,
@@ -190,22 +198,25 @@ pub async fn update(
     patch: &Patch,
     etag: Option<Etag>,
 ) -> Result<Written<TaskRow>, sqlx::Error> {
-    let row: Option<TaskRow> = sqlx::query_as(AssertSqlSafe(format!(
-        "UPDATE tasks SET
+    let row: Option<TaskRow> = observed(
+        "update_task",
+        sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE tasks SET
              title = COALESCE($3, title),
              description = CASE WHEN $4 THEN $5 ELSE description END,
              completed = COALESCE($6, completed)
          WHERE id = $1 AND user_id = $2 AND ($7::bigint IS NULL OR xmin::text::bigint = $7)
          RETURNING {COLUMNS}"
-    )))
-    .bind(id)
-    .bind(caller.user_id)
-    .bind(patch.title.as_ref().map(Title::as_str))
-    .bind(patch.description.is_some())
-    .bind(patch.description.as_ref().and_then(Description::as_option))
-    .bind(patch.completed)
-    .bind(etag.map(|e| e.0))
-    .fetch_optional(pool)
+        )))
+        .bind(id)
+        .bind(caller.user_id)
+        .bind(patch.title.as_ref().map(Title::as_str))
+        .bind(patch.description.is_some())
+        .bind(patch.description.as_ref().and_then(Description::as_option))
+        .bind(patch.completed)
+        .bind(etag.map(|e| e.0))
+        .fetch_optional(pool),
+    )
     .await?;
     match row {
         Some(row) => Ok(Written::Done(row)),
@@ -213,15 +224,17 @@ pub async fn update(
     }
 }
 
-#[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete(pool: &Db, caller: &Caller, id: i32, etag: Option<Etag>) -> Result<Written<()>, sqlx::Error> {
-    let deleted = sqlx::query(
-        "DELETE FROM tasks WHERE id = $1 AND user_id = $2 AND ($3::bigint IS NULL OR xmin::text::bigint = $3)",
+    let deleted = observed(
+        "delete_task",
+        sqlx::query(
+            "DELETE FROM tasks WHERE id = $1 AND user_id = $2 AND ($3::bigint IS NULL OR xmin::text::bigint = $3)",
+        )
+        .bind(id)
+        .bind(caller.user_id)
+        .bind(etag.map(|e| e.0))
+        .execute(pool),
     )
-    .bind(id)
-    .bind(caller.user_id)
-    .bind(etag.map(|e| e.0))
-    .execute(pool)
     .await?
     .rows_affected();
     if deleted == 1 { Ok(Written::Done(())) } else { why_not_written(pool, caller, id).await }
@@ -230,10 +243,13 @@ pub async fn delete(pool: &Db, caller: &Caller, id: i32, etag: Option<Etag>) -> 
 /// After a conditional write matched nothing: the task is missing (or another user's), or its
 /// etag moved on.
 async fn why_not_written<T>(pool: &Db, caller: &Caller, id: i32) -> Result<Written<T>, sqlx::Error> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND user_id = $2)")
-        .bind(id)
-        .bind(caller.user_id)
-        .fetch_one(pool)
-        .await?;
+    let exists: bool = observed_one(
+        "task_exists",
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND user_id = $2)")
+            .bind(id)
+            .bind(caller.user_id)
+            .fetch_one(pool),
+    )
+    .await?;
     Ok(if exists { Written::EtagMismatch } else { Written::NotFound })
 }

@@ -17,15 +17,20 @@
 //!
 //! In session mode all three are plain sqlx: cached named statements, and a statement outside a
 //! transaction is one round trip.
+//!
+//! Either way every connection is taken from the pool here ([`Db::acquire`]), which times the
+//! wait for one and counts the waits that ran out (`pool_stats`).
 
 use super::activity::Activity;
 use super::deadline::DEFAULT_STATEMENT_TIMEOUT;
+use super::pool_stats::PoolStats;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream};
 use futures_util::{StreamExt, TryStreamExt};
 use sqlx::error::BoxDynError;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgPool, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
-use sqlx::{AssertSqlSafe, Either, Execute, Executor, Postgres, SqlStr};
+use sqlx::{AssertSqlSafe, Either, Execute, Executor, Postgres, SqlSafeStr, SqlStr};
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
@@ -49,13 +54,24 @@ pub struct Db {
     pool: PgPool,
     mode: PoolMode,
     activity: Activity,
+    stats: PoolStats,
 }
 
 impl Db {
     /// `pool`, used as `mode` says (in transaction mode every statement runs unnamed inside a
     /// transaction).
     pub fn new(pool: PgPool, mode: PoolMode) -> Self {
-        Self { pool, mode, activity: Activity::new() }
+        Self { pool, mode, activity: Activity::new(), stats: PoolStats::new() }
+    }
+
+    /// The time statements waited for a connection, and the waits that ran out.
+    pub fn pool_stats(&self) -> &PoolStats {
+        &self.stats
+    }
+
+    /// A connection from the pool, the wait timed (`PoolStats`).
+    pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        self.stats.time(self.pool.acquire()).await
     }
 
     /// When the service last had work: the server records each call here, and the background
@@ -89,14 +105,13 @@ impl Db {
     pub async fn begin_with(&self, begin: &'static str) -> Result<Tx, sqlx::Error> {
         let inner = match self.mode {
             // The pool set the statement_timeout when it handed out the connection.
-            PoolMode::Session => self.pool.begin_with(begin).await?,
+            PoolMode::Session => sqlx::Transaction::begin(self.acquire().await?, Some(begin.into_sql_str())).await?,
             // One round trip: the pooler forwards both statements to the same server connection.
             PoolMode::Transaction => {
                 let budget = Budget::now();
                 let millis = budget.statement.as_millis().max(1);
-                let begin =
-                    self.pool.begin_with(AssertSqlSafe(format!("{begin}; SET LOCAL statement_timeout = {millis}")));
-                budget.bound(begin).await?
+                let begin = AssertSqlSafe(format!("{begin}; SET LOCAL statement_timeout = {millis}")).into_sql_str();
+                budget.bound(async { sqlx::Transaction::begin(self.acquire().await?, Some(begin)).await }).await?
             }
         };
         Ok(Tx { inner, mode: self.mode })
@@ -198,7 +213,15 @@ impl<'c> Executor<'c> for &'c Db {
         E: 'q + Execute<'q, Postgres>,
     {
         match self.mode {
-            PoolMode::Session => self.pool.fetch_many(query),
+            // Read whole, as sqlx's own pool executor would stream it: our statements return a
+            // page at most.
+            PoolMode::Session => stream::once(async move {
+                let mut connection = self.acquire().await?;
+                let steps: Vec<Step> = connection.fetch_many(query).try_collect().await?;
+                Ok::<_, sqlx::Error>(stream::iter(steps.into_iter().map(Ok)))
+            })
+            .try_flatten()
+            .boxed(),
             // The whole result is read before COMMIT; our statements return a page at most.
             PoolMode::Transaction => stream::once(async move {
                 let steps: Vec<Step> = Budget::now()
@@ -222,7 +245,7 @@ impl<'c> Executor<'c> for &'c Db {
         E: 'q + Execute<'q, Postgres>,
     {
         match self.mode {
-            PoolMode::Session => self.pool.fetch_optional(query),
+            PoolMode::Session => Box::pin(async move { self.acquire().await?.fetch_optional(query).await }),
             PoolMode::Transaction => Box::pin(Budget::now().bound(async move {
                 let mut tx = self.begin().await?;
                 let row = (&mut *tx.inner).fetch_optional(Unnamed(query)).await?;
@@ -241,7 +264,7 @@ impl<'c> Executor<'c> for &'c Db {
         'c: 'e,
     {
         match self.mode {
-            PoolMode::Session => self.pool.prepare_with(sql, parameters),
+            PoolMode::Session => Box::pin(async move { self.acquire().await?.prepare_with(sql, parameters).await }),
             PoolMode::Transaction => Box::pin(async { Err(named_statements_refused()) }),
         }
     }

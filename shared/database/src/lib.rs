@@ -6,6 +6,9 @@
 //!   the call (the server's call limits), becomes its statements' timeout,
 //! - the embedded migrations ([`MIGRATOR`], [`migrate`], [`migrate_when_ready`]), and looking at
 //!   and reverting them by hand ([`migrations`]),
+//! - what the statements, the pool and the tables look like to monitoring: a span and a
+//!   duration per statement ([`statement`]), the wait for a pooled connection ([`pool_stats`]),
+//!   table and index sizes ([`storage`]),
 //! - the integrity checks of the `verify` command ([`verify`]),
 //! - waiting for the database at start ([`waiting`]),
 //! - whether the service has work ([`activity`]): background work pauses without it, so that a
@@ -25,6 +28,9 @@ pub mod deadline;
 pub mod env;
 mod handle;
 pub mod migrations;
+pub mod pool_stats;
+pub mod statement;
+pub mod storage;
 pub mod verify;
 pub mod waiting;
 

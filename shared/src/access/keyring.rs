@@ -31,12 +31,15 @@ pub struct PublicKeyRow {
 
 /// Keys that verify now: not retired, or retired in the future.
 pub async fn active_keys(pool: &Db) -> Result<Vec<PublicKeyRow>, sqlx::Error> {
-    sqlx::query_as::<_, PublicKeyRow>(
-        "SELECT kid, public_key, retired_at FROM signing_keys
-         WHERE retired_at IS NULL OR retired_at > now()
-         ORDER BY created_at, kid",
+    crate::database::statement::observed(
+        "active_keys",
+        sqlx::query_as::<_, PublicKeyRow>(
+            "SELECT kid, public_key, retired_at FROM signing_keys
+             WHERE retired_at IS NULL OR retired_at > now()
+             ORDER BY created_at, kid",
+        )
+        .fetch_all(pool),
     )
-    .fetch_all(pool)
     .await
 }
 

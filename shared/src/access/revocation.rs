@@ -85,13 +85,15 @@ impl Revocations {
             let revoked = self.revoked.read().expect("revocation lock is never poisoned: no panics inside");
             return if revoked.contains_key(&session_id) { Err(TokenError::Revoked) } else { Ok(()) };
         }
-        let live: Option<bool> =
+        let live: Option<bool> = crate::database::statement::observed(
+            "session_live",
             sqlx::query_scalar("SELECT revoked_at IS NULL FROM sessions WHERE id = $1 AND user_id = $2")
                 .bind(session_id)
                 .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(TokenError::Database)?;
+                .fetch_optional(&self.pool),
+        )
+        .await
+        .map_err(TokenError::Database)?;
         if live == Some(true) { Ok(()) } else { Err(TokenError::Revoked) }
     }
 
@@ -211,13 +213,16 @@ impl Revocations {
 
     async fn load(&self) -> Result<(), sqlx::Error> {
         // Deleted sessions are revoked too; their ids outlive their rows in session_deletions.
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM sessions WHERE revoked_at > now() - make_interval(secs => $1)
+        let ids: Vec<Uuid> = crate::database::statement::observed(
+            "revoked_sessions",
+            sqlx::query_scalar(
+                "SELECT id FROM sessions WHERE revoked_at > now() - make_interval(secs => $1)
              UNION ALL
              SELECT session_id FROM session_deletions WHERE deleted_at > now() - make_interval(secs => $1)",
+            )
+            .bind(self.window.as_secs_f64())
+            .fetch_all(&self.pool),
         )
-        .bind(self.window.as_secs_f64())
-        .fetch_all(&self.pool)
         .await?;
         let forget_at = Instant::now() + self.window;
         let mut revoked = self.revoked.write().expect("revocation lock is never poisoned: no panics inside");

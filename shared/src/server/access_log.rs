@@ -7,7 +7,10 @@
 //!
 //! The call runs inside a span `call` with `method` and `request_id` (and `user_id`, recorded
 //! once the token is verified), so every line logged during the call, deep in a store function
-//! too, can be tied to it.
+//! too, can be tied to it. With traces on (`telemetry`) the same span is exported as the call's
+//! server span, named and attributed as the OpenTelemetry RPC conventions say
+//! (`todo.task.v1.TaskService/ListTasks`, `rpc.system`, `rpc.grpc.status_code`), a child of the
+//! caller's span when the metadata holds a `traceparent`.
 //!
 //! Kept our own rather than tower-http's `SetRequestId`/`PropagateRequestId` and `TraceLayer`:
 //! - tower-http keeps a client's `x-request-id` whatever it holds; we replace one unfit for a log
@@ -61,6 +64,16 @@ fn request_id<B>(request: &http::Request<B>) -> http::HeaderValue {
         })
 }
 
+/// The call's gRPC code on its span; the codes that mean the server failed make the span an
+/// error (OpenTelemetry's RPC conventions for gRPC server spans).
+fn record_code(span: &tracing::Span, code: tonic::Code) {
+    span.record("rpc.grpc.status_code", code as i64);
+    use tonic::Code::*;
+    if matches!(code, Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss) {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 impl<S, B, R> tower::Service<http::Request<B>> for AccessLog<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>>,
@@ -90,8 +103,22 @@ where
             method = %method,
             request_id = %id.to_str().unwrap_or_default(),
             user_id = tracing::field::Empty,
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            rpc.system = tracing::field::Empty,
+            rpc.grpc.status_code = tracing::field::Empty,
         );
+        let traced = crate::server::telemetry::traces_on();
+        if traced {
+            // Recorded only when exported: a log line shows the span's fields.
+            span.record("otel.name", method.trim_start_matches('/'));
+            span.record("otel.kind", "server");
+            span.record("rpc.system", "grpc");
+            crate::server::telemetry::continue_trace(&span, request.headers());
+        }
         let future = span.in_scope(|| self.inner.call(request));
+        let call_span = span.clone();
         Box::pin(
             async move {
                 let response = future.await;
@@ -109,6 +136,9 @@ where
                 // body in trailers, so a response without one here is reported as OK.
                 let code_in_headers = grpc_status(response.headers());
                 let code = code_in_headers.unwrap_or(tonic::Code::Ok);
+                if traced {
+                    record_code(&call_span, code);
+                }
                 response.headers_mut().insert(REQUEST_ID, id.clone());
                 // A unary call is over once its headers are ready; a stream that has started is
                 // counted when its body ends, with the code of its trailers.

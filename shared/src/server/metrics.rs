@@ -5,6 +5,16 @@
 //! as Go prints codes: OK, InvalidArgument, ...) and the `grpc_server_handling_seconds` histogram.
 //! Gauges (pool, bcrypt queue) are read when scraped, so they cost nothing between scrapes.
 //!
+//! The database, as the design's monitoring section asks (query performance, pool use, storage):
+//! - `db_statement_duration_seconds{statement, outcome}`: each statement's time, by the store
+//!   function's name (`todo_database::statement`);
+//! - `db_pool_connections{state}`, `db_pool_max_connections`, and the wait for a connection:
+//!   `db_pool_acquire_seconds` (histogram) and `db_pool_acquire_timeouts_total`
+//!   (`todo_database::pool_stats`);
+//! - `db_relation_size_bytes{relation, kind}`, `db_relation_rows_estimate{relation}` and
+//!   `db_feed_tombstones`, read at most once a minute and only while the instance has calls
+//!   (`todo_database::storage`): a scrape never wakes an idle database.
+//!
 //! Each server has its own registry (no process-global recorder): a process runs one server in
 //! production, and the tests run several in one process without their counts mixing.
 //!
@@ -18,10 +28,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use prost::Message;
-use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use todo_database::Db;
+use todo_database::storage::StorageReadings;
 use tokio::net::TcpListener;
 
 /// go-grpc-prometheus's buckets (Prometheus' defaults), plus 1 ms: most of our calls are faster
@@ -49,6 +60,17 @@ struct HandledLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RelationLabels {
+    relation: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    relation: String,
 }
 
 type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
@@ -247,6 +269,55 @@ pub struct Metrics {
     /// The gRPC series, for the access-log layer to count calls in.
     pub grpc: Arc<GrpcMetrics>,
     samplers: Vec<Box<dyn Fn() + Send + Sync>>,
+    storage: StorageGauges,
+}
+
+/// The storage series, set from the latest reading before each scrape.
+struct StorageGauges {
+    readings: StorageReadings,
+    sizes: Family<RelationLabels, Gauge>,
+    rows: Family<TableLabels, Gauge>,
+    tombstones: Gauge,
+}
+
+impl StorageGauges {
+    fn register(registry: &mut Registry, db: &Db) -> Self {
+        let gauges = Self {
+            readings: StorageReadings::new(db.clone()),
+            sizes: Family::default(),
+            rows: Family::default(),
+            tombstones: Gauge::default(),
+        };
+        registry.register(
+            "db_relation_size_bytes",
+            "Bytes on disk of each table and index of the schema (read at most once a minute, while there are calls)",
+            gauges.sizes.clone(),
+        );
+        registry.register(
+            "db_relation_rows_estimate",
+            "The planner's row estimate of each table (pg_class.reltuples)",
+            gauges.rows.clone(),
+        );
+        registry.register(
+            "db_feed_tombstones",
+            "Deleted tasks' tombstones in task_versions, awaiting pruning after the sync retention time",
+            gauges.tombstones.clone(),
+        );
+        gauges
+    }
+
+    async fn refresh(&self) {
+        let Some(storage) = self.readings.current().await else { return };
+        for relation in storage.relations {
+            if relation.kind == "table" {
+                self.rows.get_or_create(&TableLabels { relation: relation.name.clone() }).set(relation.rows_estimate);
+            }
+            self.sizes
+                .get_or_create(&RelationLabels { relation: relation.name, kind: relation.kind })
+                .set(relation.size_bytes);
+        }
+        self.tombstones.set(storage.tombstones);
+    }
 }
 
 /// One served gRPC method, from the descriptor sets.
@@ -299,8 +370,9 @@ fn served_methods(services: &[&str]) -> Vec<MethodInfo> {
 
 impl Metrics {
     /// The series for `services` (fully qualified names: the service's own, health, reflection),
-    /// the pool gauges, and `gauges`.
-    pub fn new(services: &[&str], pool: &PgPool, max_connections: u32, gauges: Vec<SampledGauge>) -> Self {
+    /// the database's (statements, pool, storage), and `gauges`.
+    pub fn new(services: &[&str], db: &Db, gauges: Vec<SampledGauge>) -> Self {
+        let max_connections = db.pool().options().get_max_connections();
         let mut registry = Registry::default();
         let started = Family::<MethodLabels, Counter>::default();
         let handled = Family::<HandledLabels, Counter>::default();
@@ -345,7 +417,24 @@ impl Metrics {
         let max = Gauge::<i64>::default();
         max.set(i64::from(max_connections));
         registry.register("db_pool_max_connections", "The most connections the pool opens (DB_MAX_CONNECTIONS)", max);
-        let pool = pool.clone();
+        let waits = db.pool_stats().clone();
+        registry.register(
+            "db_pool_acquire_seconds",
+            "Time a statement waited for a pooled connection, in seconds",
+            waits.acquire_seconds,
+        );
+        registry.register(
+            "db_pool_acquire_timeouts",
+            "Waits for a pooled connection that ran out (the pool's 3 s acquire timeout)",
+            waits.acquire_timeouts,
+        );
+        registry.register(
+            "db_statement_duration_seconds",
+            "Time of each SQL statement, from asking for a connection to the last row, by statement and outcome (ok, deadline, unavailable, error)",
+            todo_database::statement::statement_durations().clone(),
+        );
+        let storage = StorageGauges::register(&mut registry, db);
+        let pool = db.pool().clone();
         samplers.push(Box::new(move || {
             let size = i64::from(pool.size());
             let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX).min(size);
@@ -360,11 +449,13 @@ impl Metrics {
                 value.set(read());
             }));
         }
-        Self { registry, grpc: Arc::new(GrpcMetrics { methods, unknown }), samplers }
+        Self { registry, grpc: Arc::new(GrpcMetrics { methods, unknown }), samplers, storage }
     }
 
-    /// The exposition, with the sampled gauges read now.
-    pub fn render(&self) -> String {
+    /// The exposition, with the sampled gauges read now and the storage series from the latest
+    /// reading (taken now when due).
+    pub async fn render(&self) -> String {
+        self.storage.refresh().await;
         for sample in &self.samplers {
             sample();
         }
@@ -383,12 +474,11 @@ const STANDARD_SERVICES: [&str; 3] =
 pub async fn start(
     addr: std::net::SocketAddr,
     services: &[&str],
-    pool: &PgPool,
+    db: &Db,
     gauges: Vec<SampledGauge>,
 ) -> anyhow::Result<(Arc<GrpcMetrics>, Endpoint)> {
     let all: Vec<&str> = services.iter().copied().chain(STANDARD_SERVICES).collect();
-    let max_connections = pool.options().get_max_connections();
-    let metrics = Metrics::new(&all, pool, max_connections, gauges);
+    let metrics = Metrics::new(&all, db, gauges);
     let listener =
         TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} (METRICS_ADDR): {e}"))?;
     tracing::info!(addr = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
@@ -408,7 +498,7 @@ pub struct Endpoint {
 fn spawn_endpoint(listener: TcpListener, metrics: Arc<Metrics>) -> Endpoint {
     let scrape = move || {
         let metrics = metrics.clone();
-        async move { ([(http::header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render()) }
+        async move { ([(http::header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render().await) }
     };
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))

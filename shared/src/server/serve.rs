@@ -53,7 +53,7 @@ pub async fn serve(
     // The endpoint stops when this function returns (dropped), however it returns.
     let (metrics, _metrics_endpoint) = match extras.endpoint.metrics_addr {
         Some(addr) => {
-            let (grpc, endpoint) = crate::server::metrics::start(addr, services, pool.pool(), gauges).await?;
+            let (grpc, endpoint) = crate::server::metrics::start(addr, services, &pool, gauges).await?;
             (Some(grpc), Some(endpoint))
         }
         None => (None, None),

@@ -71,7 +71,7 @@ impl<C> Binary<C> {
             eprintln!("{name}: {what}{e}");
             ExitCode::from(code)
         };
-        if let Err(e) = crate::server::telemetry::init(&ProcessEnv) {
+        if let Err(e) = crate::server::telemetry::init(&ProcessEnv, name) {
             return fail("configuration error: ", &e, 2);
         }
         let config = match (self.load)(&ProcessEnv) {
@@ -85,7 +85,10 @@ impl<C> Binary<C> {
                 return fail(&format!("cannot listen on {addr} ({}): ", self.addr_var), &e, 1);
             }
         };
-        match serve(listener, config, Box::pin(crate::server::serve::shutdown_signal())).await {
+        let served = serve(listener, config, Box::pin(crate::server::serve::shutdown_signal())).await;
+        // Off the runtime's threads: the exporter's last batch blocks until sent (or timed out).
+        let _ = tokio::task::spawn_blocking(crate::server::telemetry::shutdown).await;
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail("", &format!("{e:#}"), 1),
         }

@@ -6,6 +6,7 @@ use sqlx::PgExecutor;
 use std::time::Duration;
 use todo_shared::Caller;
 use todo_shared::database::Db;
+use todo_shared::database::statement::{observed, observed_one};
 
 /// Where a user's feed stands: the last change number, and the highest pruned one (a cursor
 /// below it has missed deletions that are no longer recorded).
@@ -17,10 +18,13 @@ pub struct Position {
 
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn position(db: impl PgExecutor<'_>, caller: &Caller) -> Result<Position, sqlx::Error> {
-    let position: Option<Position> = sqlx::query_as("SELECT seq, pruned_seq FROM task_feeds WHERE user_id = $1")
-        .bind(caller.user_id)
-        .fetch_optional(db)
-        .await?;
+    let position: Option<Position> = observed(
+        "feed_position",
+        sqlx::query_as("SELECT seq, pruned_seq FROM task_feeds WHERE user_id = $1")
+            .bind(caller.user_id)
+            .fetch_optional(db),
+    )
+    .await?;
     Ok(position.unwrap_or_default())
 }
 
@@ -90,8 +94,11 @@ pub async fn changes_after(
     // it has just removed.
     let mut tx = pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
     let position = position(&mut tx, caller).await?;
-    let rows: Vec<ChangeRow> =
-        sqlx::query_as(CHANGES_AFTER).bind(caller.user_id).bind(after).bind(limit).fetch_all(&mut tx).await?;
+    let rows: Vec<ChangeRow> = observed(
+        "feed_changes_after",
+        sqlx::query_as(CHANGES_AFTER).bind(caller.user_id).bind(after).bind(limit).fetch_all(&mut tx),
+    )
+    .await?;
     tx.commit().await?;
     Ok((position, rows.into_iter().map(ChangeRow::into_change).collect()))
 }
@@ -99,7 +106,7 @@ pub async fn changes_after(
 /// The caller's task counts, from the (user_id, completed) index alone.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn stats(db: impl PgExecutor<'_>, caller: &Caller) -> Result<(i64, i64), sqlx::Error> {
-    sqlx::query_as(STATS).bind(caller.user_id).fetch_one(db).await
+    observed_one("task_stats", sqlx::query_as(STATS).bind(caller.user_id).fetch_one(db)).await
 }
 
 /// The statement `stats` runs (public for the EXPLAIN test).
@@ -112,8 +119,10 @@ pub const STATS: &str = "SELECT count(*), count(*) FILTER (WHERE completed) FROM
 pub async fn prune(pool: &Db, retention: Duration) -> Result<u64, sqlx::Error> {
     let mut removed = 0;
     loop {
-        let batch: i64 = sqlx::query_scalar(
-            "WITH pruned AS (
+        let batch: i64 = observed_one(
+            "prune_tombstones",
+            sqlx::query_scalar(
+                "WITH pruned AS (
                  DELETE FROM task_versions WHERE (user_id, task_id) IN (
                      SELECT user_id, task_id FROM task_versions
                      WHERE deleted_at < now() - make_interval(secs => $1) LIMIT 5000)
@@ -125,9 +134,10 @@ pub async fn prune(pool: &Db, retention: Duration) -> Result<u64, sqlx::Error> {
                  FROM (SELECT user_id, max(seq) AS seq FROM pruned GROUP BY user_id) h
                  WHERE f.user_id = h.user_id)
              SELECT count(*) FROM pruned",
+            )
+            .bind(retention.as_secs_f64())
+            .fetch_one(pool),
         )
-        .bind(retention.as_secs_f64())
-        .fetch_one(pool)
         .await?;
         if batch == 0 {
             break;
@@ -135,11 +145,17 @@ pub async fn prune(pool: &Db, retention: Duration) -> Result<u64, sqlx::Error> {
         removed += batch as u64;
     }
     // Accounts that are gone: their sessions are gone too, so nobody can read these any more.
-    sqlx::query("DELETE FROM task_versions v WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = v.user_id)")
-        .execute(pool)
-        .await?;
-    sqlx::query("DELETE FROM task_feeds f WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = f.user_id)")
-        .execute(pool)
-        .await?;
+    observed(
+        "prune_orphan_versions",
+        sqlx::query("DELETE FROM task_versions v WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = v.user_id)")
+            .execute(pool),
+    )
+    .await?;
+    observed(
+        "prune_orphan_feeds",
+        sqlx::query("DELETE FROM task_feeds f WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = f.user_id)")
+            .execute(pool),
+    )
+    .await?;
     Ok(removed)
 }

@@ -86,3 +86,72 @@ async fn task_calls_are_counted_by_method_and_code() {
     assert_eq!(last.count(handled, &canceled), 1.0, "{}", last.0);
     assert_eq!(last.count("grpc_server_handling_seconds_count", &watch), 1.0);
 }
+
+/// The database series the design's monitoring asks for, after real calls: each statement's
+/// duration by name and outcome, the wait for a pooled connection, and the tables' sizes, row
+/// estimates and the feed's tombstones.
+#[tokio::test]
+async fn database_series_after_real_calls() {
+    use todo_proto::task::v1::{DeleteTaskRequest, ListTasksRequest};
+    let db = TestDatabase::new().await;
+    let metrics_addr = free_local_addr();
+    let mut config = testkit::task_config(&db);
+    config.endpoint.metrics_addr = Some(metrics_addr);
+    let auth_server = spawn_auth(testkit::auth_config(&db)).await;
+    let task_server = spawn_task(config).await;
+    let mut tasks = TaskServiceClient::new(testkit::channel(task_server.addr).await);
+    wait_until_up(metrics_addr).await;
+    let statements = |m: &testkit::scrape::Metrics, statement: &str| {
+        m.count("db_statement_duration_seconds_count", &[("statement", statement), ("outcome", "ok")])
+    };
+    // Before any call of this test (the statement series are process-wide: other tests' calls
+    // count too, so only growth is asserted). No storage reading yet: none is taken before
+    // the first scrape, and this one comes before the calls.
+    let before = testkit::scrape::Metrics(String::new());
+
+    let token = AuthServiceClient::new(testkit::channel(auth_server.addr).await)
+        .sign_up(SignUpRequest { email: "db@example.com".into(), password: testkit::PASSWORD.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap()
+        .access_token;
+    let mut ids = Vec::new();
+    for title in ["one", "two", "three"] {
+        let created = tasks
+            .create_task(authed(CreateTaskRequest { title: title.into(), ..Default::default() }, &token))
+            .await
+            .unwrap()
+            .into_inner()
+            .task
+            .unwrap();
+        ids.push(created.id);
+    }
+    tasks.get_task(authed(GetTaskRequest { id: ids[0] }, &token)).await.unwrap();
+    tasks.list_tasks(authed(ListTasksRequest::default(), &token)).await.unwrap();
+    tasks.delete_task(authed(DeleteTaskRequest { id: ids[2], ..Default::default() }, &token)).await.unwrap();
+    sqlx::query("ANALYZE tasks").execute(&db.pool).await.unwrap();
+
+    let after = scrape(metrics_addr).await;
+    for (statement, calls) in [("insert_task", 3.0), ("get_task", 1.0), ("list_tasks", 1.0), ("delete_task", 1.0)] {
+        assert!(
+            statements(&after, statement) - statements(&before, statement) >= calls,
+            "{statement} counted {calls} times:\n{}",
+            after.0
+        );
+    }
+    assert!(after.0.contains("db_statement_duration_seconds_bucket{"), "a histogram, with buckets");
+    assert!(after.count("db_pool_acquire_seconds_count", &[]) >= 6.0, "every statement waited for a connection");
+    assert_eq!(after.value("db_pool_acquire_timeouts_total", &[]), Some(0.0), "no wait ran out");
+    let size =
+        |relation: &str, kind: &str| after.count("db_relation_size_bytes", &[("relation", relation), ("kind", kind)]);
+    assert!(size("tasks", "table") >= 8192.0, "the tasks table takes a page at least:\n{}", after.0);
+    assert!(size("idx_tasks_user_created_id", "index") >= 8192.0, "its keyset index too");
+    assert_eq!(after.value("db_relation_rows_estimate", &[("relation", "tasks")]), Some(2.0), "two tasks, analyzed");
+    assert_eq!(after.value("db_feed_tombstones", &[]), Some(1.0), "the deleted task's tombstone awaits pruning");
+    // The reading was taken for this scrape; the next scrape, within the minute, reuses it.
+    sqlx::query("DELETE FROM task_versions").execute(&db.pool).await.unwrap();
+    let again = scrape(metrics_addr).await;
+    assert_eq!(again.value("db_feed_tombstones", &[]), Some(1.0), "not read again within a minute");
+}

@@ -130,7 +130,7 @@ Press Ctrl-C to stop everything."#
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if let Err(e) = todo_shared::server::telemetry::init(&ProcessEnv) {
+    if let Err(e) = todo_shared::server::telemetry::init(&ProcessEnv, "devstack") {
         eprintln!("devstack: configuration error: {e}");
         return ExitCode::from(2);
     }

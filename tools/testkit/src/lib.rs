@@ -21,6 +21,7 @@ pub use localpg;
 pub use localpg::test_database;
 
 pub mod logs;
+pub mod otlp;
 pub mod process;
 pub mod scrape;
 pub mod tls;
