@@ -39,6 +39,7 @@ pub const PROCESS_SETTINGS: [&[Setting]; 2] =
 pub fn read_process_settings(env: &dyn Env) -> Result<(), ConfigError> {
     crate::server::telemetry::LogFormat::from_env(env)?;
     crate::server::telemetry::filter(env)?;
+    crate::server::telemetry::TraceSettings::from_env(env);
     crate::server::tls::CheckTls::from_env(env)?;
     Ok(())
 }

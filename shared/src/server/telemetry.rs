@@ -56,6 +56,11 @@ pub const SETTINGS: &[crate::env::Setting] = &[
         meaning: "OTLP/gRPC collector to export traces to, e.g. http://otel-collector:4317 (the other OTEL_* variables apply)",
     },
     crate::env::Setting {
+        var: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        default: "OTEL_EXPORTER_OTLP_ENDPOINT",
+        meaning: "the same, for traces only (takes precedence)",
+    },
+    crate::env::Setting {
         var: "OTEL_SERVICE_NAME",
         default: "the binary's name",
         meaning: "service.name of the exported spans",
@@ -104,22 +109,35 @@ pub fn filter(env: &dyn Env) -> Result<EnvFilter, ConfigError> {
     }
 }
 
-/// The trace exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
-/// is set; an error naming the variable when the exporter cannot be built from them. Must run
-/// inside the Tokio runtime (the tonic client's).
-fn tracer_provider(env: &dyn Env, service_name: &str) -> Result<Option<SdkTracerProvider>, ConfigError> {
-    let variable = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
-        .into_iter()
-        .find(|var| optional(env, var).is_some());
-    let Some(variable) = variable else { return Ok(None) };
-    use opentelemetry_otlp::WithExportConfig as _;
+/// What decides whether traces are exported, and under which name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSettings {
+    /// The variable that set the collector's address, when one did (the SDK reads the address
+    /// itself, and the other `OTEL_*` variables).
+    pub endpoint_variable: Option<&'static str>,
+    /// `OTEL_SERVICE_NAME`, when set.
+    pub service_name: Option<String>,
+}
+
+impl TraceSettings {
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`.
+    pub fn from_env(env: &dyn Env) -> Self {
+        let traces = optional(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").map(|_| "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        let any = optional(env, "OTEL_EXPORTER_OTLP_ENDPOINT").map(|_| "OTEL_EXPORTER_OTLP_ENDPOINT");
+        Self { endpoint_variable: traces.or(any), service_name: optional(env, "OTEL_SERVICE_NAME") }
+    }
+}
+
+/// The trace exporter when a collector is set; an error naming the variable when the exporter
+/// cannot be built from it. Must run inside the Tokio runtime (the tonic client's).
+fn tracer_provider(settings: &TraceSettings, service_name: &str) -> Result<Option<SdkTracerProvider>, ConfigError> {
+    let Some(variable) = settings.endpoint_variable else { return Ok(None) };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
-        .with_protocol(opentelemetry_otlp::Protocol::Grpc)
         .build()
         .map_err(|e| ConfigError::new(variable, format!("cannot export traces there: {e}")))?;
     let mut resource = opentelemetry_sdk::Resource::builder();
-    if optional(env, "OTEL_SERVICE_NAME").is_none() {
+    if settings.service_name.is_none() {
         resource = resource.with_service_name(service_name.to_owned());
     }
     Ok(Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build()))
@@ -131,7 +149,7 @@ fn tracer_provider(env: &dyn Env, service_name: &str) -> Result<Option<SdkTracer
 pub fn init(env: &dyn Env, service_name: &str) -> Result<(), ConfigError> {
     let format = LogFormat::from_env(env)?;
     let filter = filter(env)?;
-    let provider = tracer_provider(env, service_name)?;
+    let provider = tracer_provider(&TraceSettings::from_env(env), service_name)?;
     let traces = provider.as_ref().map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("todo")));
     let fmt = tracing_subscriber::fmt::layer().with_target(true);
     let logs = match format {
