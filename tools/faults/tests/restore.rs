@@ -381,7 +381,10 @@ async fn a_restore_to_a_time_brings_back_exactly_the_state_at_that_time() {
     create(&tasks, &alice, "after the restore").await;
     let (missed, _, _) = sync(&tasks, &alice, &token_after_t).await.expect("the old token is accepted again");
     assert!(missed.is_empty(), "the after-T token misses the new task: {missed:?}");
-    // The remedy: every feed moved past any old token.
+    // The remedy: every feed moved past any old token, with the README's statement.
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let readme = words(include_str!("../../../README.md"));
+    assert!(readme.contains(&words(ADVANCE_FEEDS)), "README's Backup and recovery shows ADVANCE_FEEDS as it is here");
     sqlx::query(ADVANCE_FEEDS).execute(&pool).await.expect("advancing the feeds");
     for (name, token) in [("after T", &token_after_t), ("before T", &token_before_t)] {
         let expired = refusal(sync(&tasks, &alice, token).await, name);
