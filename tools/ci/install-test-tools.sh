@@ -4,7 +4,7 @@
 # with CI set they fail.
 set -euo pipefail
 # program:package
-TOOLS=(pgbouncer:pgbouncer patroni:patroni etcd:etcd-server haproxy:haproxy)
+TOOLS=(pgbouncer:pgbouncer patroni:patroni etcd:etcd-server haproxy:haproxy pgbackrest:pgbackrest)
 missing=()
 for entry in "${TOOLS[@]}"; do
     program=${entry%%:*} package=${entry#*:}

@@ -3,14 +3,15 @@
 # such tool hidden (TEST_HIDE_TOOLS) and CI unset, pass, and say each one that they skipped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-HIDDEN=pgbouncer,patroni,etcd,haproxy
+HIDDEN=pgbouncer,patroni,etcd,haproxy,pgbackrest
 # The tests that need one of them: name = cargo test arguments.
 declare -A SUITES=(
     [pgbouncer]="-p faults --test pgbouncer"
     [outage-behind-pgbouncer]="-p faults --test outage outage_behind_pgbouncer"
     [failover]="-p faults --test failover"
+    [restore]="-p faults --test restore"
 )
-EXPECTED=7
+EXPECTED=8
 log=$(mktemp)
 for name in "${!SUITES[@]}"; do
     one=$(mktemp)

@@ -8,6 +8,7 @@
 
 mod binaries;
 pub mod patroni;
+pub mod pgbackrest;
 pub mod pgbouncer;
 mod server;
 pub mod system_tool;

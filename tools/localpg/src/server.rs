@@ -29,9 +29,11 @@ pub struct PrivatePostgres {
     durability: Durability,
     /// The certificate and key files when TLS is on.
     tls_files: Option<(PathBuf, PathBuf)>,
+    /// Extra `-c name=value` settings, given at every start (after ours, so they win).
+    settings: Vec<(String, String)>,
 }
 
-const SUPERUSER: &str = "postgres";
+pub(crate) const SUPERUSER: &str = "postgres";
 
 /// A certificate and key (PEM) for the server to offer TLS with (`ssl=on`); clients may still
 /// connect without TLS unless they ask for it (sslmode).
@@ -53,6 +55,38 @@ impl PrivatePostgres {
         Self::start_with_tls(binaries, root, durability, remove_on_exit, None)
     }
 
+    /// `start`, with extra server settings (`-c name=value`, after ours, so they override
+    /// them), kept for `resume` too: e.g. WAL archiving for a backup (`crate::pgbackrest`).
+    pub fn start_with_settings(
+        binaries: PgBinaries,
+        root: &Path,
+        durability: Durability,
+        remove_on_exit: bool,
+        settings: &[(String, String)],
+    ) -> Result<Self, String> {
+        Self::start_inner(binaries, root, durability, remove_on_exit, None, settings)
+    }
+
+    /// `start_with_settings` on a data folder that is already there, restored from a backup of
+    /// another of our servers into `root/data` (`PgBackRest::restore_to_time`): no initdb; the
+    /// superuser's password is the one of the server backed up (it is in the restored catalog),
+    /// written where `start` keeps it. A restore that still has recovery to do (a target time)
+    /// replays it once started; `pg_is_in_recovery()` says when it is done.
+    pub fn start_restored(
+        binaries: PgBinaries,
+        root: &Path,
+        superuser_password: &str,
+        durability: Durability,
+        remove_on_exit: bool,
+        settings: &[(String, String)],
+    ) -> Result<Self, String> {
+        if !root.join("data").join("PG_VERSION").exists() {
+            return Err(format!("{} holds no restored data folder", root.join("data").display()));
+        }
+        write_private(&root.join("superuser.password"), superuser_password, unprivileged_owner()?)?;
+        Self::start_with_settings(binaries, root, durability, remove_on_exit, settings)
+    }
+
     /// `start`, with TLS on when `tls` is given.
     pub fn start_with_tls(
         binaries: PgBinaries,
@@ -60,6 +94,17 @@ impl PrivatePostgres {
         durability: Durability,
         remove_on_exit: bool,
         tls: Option<&ServerTls>,
+    ) -> Result<Self, String> {
+        Self::start_inner(binaries, root, durability, remove_on_exit, tls, &[])
+    }
+
+    fn start_inner(
+        binaries: PgBinaries,
+        root: &Path,
+        durability: Durability,
+        remove_on_exit: bool,
+        tls: Option<&ServerTls>,
+        settings: &[(String, String)],
     ) -> Result<Self, String> {
         let owner = unprivileged_owner()?;
         fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
@@ -107,7 +152,9 @@ impl PrivatePostgres {
             None => None,
         };
         let port = free_port()?;
-        let mut server = Self { binaries, root, port, password, owner, guardian: None, durability, tls_files };
+        let settings = settings.to_vec();
+        let mut server =
+            Self { binaries, root, port, password, owner, guardian: None, durability, tls_files, settings };
         server.resume()?;
         server.guardian = Some(spawn_guardian(&server.binaries, owner, &server.root, &data, remove_on_exit)?);
         Ok(server)
@@ -127,6 +174,14 @@ impl PrivatePostgres {
                 cert.display(),
                 key.display()
             ));
+        }
+        for (name, value) in &self.settings {
+            // pg_ctl hands -o to /bin/sh: in single quotes a value stays one argument, spaces
+            // and `%p` included; a quote inside could not be passed that way.
+            if value.contains('\'') {
+                return Err(format!("server setting {name}: a value with a single quote is not supported"));
+            }
+            options.push_str(&format!(" -c {name}='{value}'"));
         }
         run(
             command(&self.binaries.program("pg_ctl"), self.owner, &self.root)
@@ -185,6 +240,11 @@ impl PrivatePostgres {
         let children =
             std::fs::read_to_string(format!("/proc/{postmaster}/task/{postmaster}/children")).unwrap_or_default();
         std::iter::once(postmaster).chain(children.split_whitespace().filter_map(|c| c.parse().ok())).collect()
+    }
+
+    /// The data folder (`root/data`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
     }
 
     pub fn log_file(&self) -> PathBuf {
@@ -268,7 +328,7 @@ pub(crate) fn command(program: &Path, owner: Option<(u32, u32)>, cwd: &Path) -> 
     cmd
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
     let output = cmd.stderr(Stdio::piped()).output().map_err(|e| format!("{what} could not start: {e}"))?;
     if output.status.success() {
         Ok(())

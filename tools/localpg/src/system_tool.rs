@@ -37,8 +37,12 @@ pub const ETCD: SystemTool = SystemTool { program: "etcd", package: "etcd-server
 /// failover drill.
 pub const HAPROXY: SystemTool = SystemTool { program: "haproxy", package: "haproxy", also_in: &["/usr/sbin"] };
 
+/// pgBackRest (Debian's 2.45): the backup and point-in-time restore drill
+/// (`tools/faults/tests/restore.rs`, `crate::pgbackrest`).
+pub const PGBACKREST: SystemTool = SystemTool { program: "pgbackrest", package: "pgbackrest", also_in: &["/usr/bin"] };
+
 /// Every tool above: `tools/ci/install-test-tools.sh` installs the same list (keep the two in step).
-pub const ALL: &[SystemTool] = &[PGBOUNCER, PATRONI, ETCD, HAPROXY];
+pub const ALL: &[SystemTool] = &[PGBOUNCER, PATRONI, ETCD, HAPROXY, PGBACKREST];
 
 /// The variable listing tools to treat as missing (comma-separated program names).
 pub const HIDE_VARIABLE: &str = "TEST_HIDE_TOOLS";
