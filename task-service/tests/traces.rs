@@ -7,8 +7,6 @@ use std::time::Duration;
 use testkit::otlp::Collector;
 use testkit::process::{ServiceProcess, free_addr, lazy_channel, until_serving};
 use testkit::test_database::TestDatabase;
-use todo_proto::auth::v1::SignUpRequest;
-use todo_proto::auth::v1::auth_service_client::AuthServiceClient;
 use todo_proto::task::v1::task_service_client::TaskServiceClient;
 use todo_proto::task::v1::{CreateTaskRequest, ListTasksRequest};
 
@@ -43,14 +41,7 @@ async fn a_callers_traceparent_continues_through_list_tasks_and_its_statement() 
     );
     until_serving(addr).await;
     let email = "traced@example.com";
-    let token = AuthServiceClient::new(testkit::channel(auth.addr).await)
-        .sign_up(SignUpRequest { email: email.into(), password: testkit::PASSWORD.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens
-        .unwrap()
-        .access_token;
+    let token = testkit::access_token(auth.addr, email).await;
     let mut tasks = TaskServiceClient::new(lazy_channel(addr));
     let title = "a title that must not reach the traces";
     tasks

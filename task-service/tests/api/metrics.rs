@@ -5,8 +5,8 @@
 use testkit::scrape::{free_local_addr, scrape, wait_until_up};
 use testkit::test_database::TestDatabase;
 use testkit::{authed, spawn_auth, spawn_task};
+use todo_proto::auth::v1::GetJwksRequest;
 use todo_proto::auth::v1::auth_service_client::AuthServiceClient;
-use todo_proto::auth::v1::{GetJwksRequest, SignUpRequest};
 use todo_proto::task::v1::task_service_client::TaskServiceClient;
 use todo_proto::task::v1::{CreateTaskRequest, GetTaskRequest};
 use tonic::Code;
@@ -26,14 +26,7 @@ async fn task_calls_are_counted_by_method_and_code() {
     wait_until_up(metrics_addr).await;
     let before = scrape(metrics_addr).await;
 
-    let token = AuthServiceClient::new(testkit::channel(auth_server.addr).await)
-        .sign_up(SignUpRequest { email: "t@example.com".into(), password: testkit::PASSWORD.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens
-        .unwrap()
-        .access_token;
+    let token = testkit::access_token(auth_server.addr, "t@example.com").await;
     tasks.create_task(authed(CreateTaskRequest { title: "one".into(), ..Default::default() }, &token)).await.unwrap();
     let err = tasks.create_task(authed(CreateTaskRequest::default(), &token)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -109,14 +102,7 @@ async fn database_series_after_real_calls() {
     // the first scrape, and this one comes before the calls.
     let before = testkit::scrape::Metrics(String::new());
 
-    let token = AuthServiceClient::new(testkit::channel(auth_server.addr).await)
-        .sign_up(SignUpRequest { email: "db@example.com".into(), password: testkit::PASSWORD.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens
-        .unwrap()
-        .access_token;
+    let token = testkit::access_token(auth_server.addr, "db@example.com").await;
     let mut ids = Vec::new();
     for title in ["one", "two", "three"] {
         let created = tasks

@@ -225,6 +225,19 @@ impl TestApp {
 /// The password `TestApp::sign_up` uses.
 pub const PASSWORD: &str = "correct horse battery";
 
+/// Signs up `email` (with `PASSWORD`) at the auth-service listening on `auth_addr` and returns
+/// the new session's access token.
+pub async fn access_token(auth_addr: SocketAddr, email: &str) -> String {
+    AuthServiceClient::new(channel(auth_addr).await)
+        .sign_up(SignUpRequest { email: email.into(), password: PASSWORD.into() })
+        .await
+        .expect("sign-up of a new address succeeds")
+        .into_inner()
+        .tokens
+        .expect("SignUp returns tokens")
+        .access_token
+}
+
 /// A request carrying `authorization: Bearer <token>`.
 pub fn authed<T>(message: T, access_token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
