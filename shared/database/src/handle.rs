@@ -23,6 +23,7 @@
 
 use super::activity::Activity;
 use super::deadline::DEFAULT_STATEMENT_TIMEOUT;
+use super::in_use::InUse;
 use super::pool_stats::PoolStats;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream};
@@ -30,7 +31,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use sqlx::error::BoxDynError;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgPool, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
-use sqlx::{AssertSqlSafe, Either, Execute, Executor, Postgres, SqlSafeStr, SqlStr};
+use sqlx::{Either, Execute, Executor, Postgres, SqlStr};
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
@@ -103,18 +104,28 @@ impl Db {
     /// Begins a transaction with `begin`, a BEGIN statement of our own such as
     /// `BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY`.
     pub async fn begin_with(&self, begin: &'static str) -> Result<Tx, sqlx::Error> {
-        let inner = match self.mode {
-            // The pool set the statement_timeout when it handed out the connection.
-            PoolMode::Session => sqlx::Transaction::begin(self.acquire().await?, Some(begin.into_sql_str())).await?,
+        let held = match self.mode {
+            // The connection's statement_timeout and client check were set when it opened.
+            PoolMode::Session => {
+                let mut held = InUse::new(self.acquire().await?);
+                held.transaction_control(begin.to_owned(), true).await?;
+                held
+            }
             // One round trip: the pooler forwards both statements to the same server connection.
             PoolMode::Transaction => {
                 let budget = Budget::now();
                 let millis = budget.statement.as_millis().max(1);
-                let begin = AssertSqlSafe(format!("{begin}; SET LOCAL statement_timeout = {millis}")).into_sql_str();
-                budget.bound(async { sqlx::Transaction::begin(self.acquire().await?, Some(begin)).await }).await?
+                let begin = format!("{begin}; SET LOCAL statement_timeout = {millis}");
+                budget
+                    .bound(async {
+                        let mut held = InUse::new(self.acquire().await?);
+                        held.transaction_control(begin, true).await?;
+                        Ok(held)
+                    })
+                    .await?
             }
         };
-        Ok(Tx { inner, mode: self.mode })
+        Ok(Tx { held, mode: self.mode })
     }
 }
 
@@ -158,20 +169,22 @@ impl From<PgPool> for Db {
 
 /// A transaction begun by [`Db::begin`]; `&mut Tx` is an executor. Dropped without `commit`, it
 /// rolls back.
+/// Dropped in the middle of a statement (its call ran out of time), its connection is closed and
+/// PostgreSQL rolls it back (see `in_use`).
 pub struct Tx {
-    inner: sqlx::Transaction<'static, Postgres>,
+    held: InUse,
     mode: PoolMode,
 }
 
 impl Tx {
     /// Commits the transaction.
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.inner.commit().await
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.held.transaction_control("COMMIT".to_owned(), false).await
     }
 
     /// Rolls the transaction back.
-    pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        self.inner.rollback().await
+    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        self.held.transaction_control("ROLLBACK".to_owned(), false).await
     }
 }
 
@@ -216,9 +229,10 @@ impl<'c> Executor<'c> for &'c Db {
             // Read whole, as sqlx's own pool executor would stream it: our statements return a
             // page at most.
             PoolMode::Session => stream::once(async move {
-                let mut connection = self.acquire().await?;
-                let steps: Vec<Step> = connection.fetch_many(query).try_collect().await?;
-                Ok::<_, sqlx::Error>(stream::iter(steps.into_iter().map(Ok)))
+                let mut held = InUse::new(self.acquire().await?);
+                let steps: Result<Vec<Step>, _> = held.start().fetch_many(query).try_collect().await;
+                held.settle();
+                Ok::<_, sqlx::Error>(stream::iter(steps?.into_iter().map(Ok)))
             })
             .try_flatten()
             .boxed(),
@@ -227,7 +241,7 @@ impl<'c> Executor<'c> for &'c Db {
                 let steps: Vec<Step> = Budget::now()
                     .bound(async move {
                         let mut tx = self.begin().await?;
-                        let steps = (&mut *tx.inner).fetch_many(Unnamed(query)).try_collect().await?;
+                        let steps = (&mut tx).fetch_many(query).try_collect().await?;
                         tx.commit().await?;
                         Ok(steps)
                     })
@@ -245,10 +259,15 @@ impl<'c> Executor<'c> for &'c Db {
         E: 'q + Execute<'q, Postgres>,
     {
         match self.mode {
-            PoolMode::Session => Box::pin(async move { self.acquire().await?.fetch_optional(query).await }),
+            PoolMode::Session => Box::pin(async move {
+                let mut held = InUse::new(self.acquire().await?);
+                let row = held.start().fetch_optional(query).await;
+                held.settle();
+                row
+            }),
             PoolMode::Transaction => Box::pin(Budget::now().bound(async move {
                 let mut tx = self.begin().await?;
-                let row = (&mut *tx.inner).fetch_optional(Unnamed(query)).await?;
+                let row = (&mut tx).fetch_optional(query).await?;
                 tx.commit().await?;
                 Ok(row)
             })),
@@ -264,7 +283,12 @@ impl<'c> Executor<'c> for &'c Db {
         'c: 'e,
     {
         match self.mode {
-            PoolMode::Session => Box::pin(async move { self.acquire().await?.prepare_with(sql, parameters).await }),
+            PoolMode::Session => Box::pin(async move {
+                let mut held = InUse::new(self.acquire().await?);
+                let statement = held.start().prepare_with(sql, parameters).await;
+                held.settle();
+                statement
+            }),
             PoolMode::Transaction => Box::pin(async { Err(named_statements_refused()) }),
         }
     }
@@ -285,10 +309,19 @@ impl<'c> Executor<'c> for &'c mut Tx {
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        match self.mode {
-            PoolMode::Session => (&mut *self.inner).fetch_many(query),
-            PoolMode::Transaction => (&mut *self.inner).fetch_many(Unnamed(query)),
-        }
+        // Read whole (our statements return a page at most), so that the statement counts as
+        // answered only once every row is in.
+        stream::once(async move {
+            let conn = self.held.start();
+            let steps: Result<Vec<Step>, _> = match self.mode {
+                PoolMode::Session => conn.fetch_many(query).try_collect().await,
+                PoolMode::Transaction => conn.fetch_many(Unnamed(query)).try_collect().await,
+            };
+            self.held.settle();
+            Ok::<_, sqlx::Error>(stream::iter(steps?.into_iter().map(Ok)))
+        })
+        .try_flatten()
+        .boxed()
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
@@ -296,10 +329,15 @@ impl<'c> Executor<'c> for &'c mut Tx {
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        match self.mode {
-            PoolMode::Session => (&mut *self.inner).fetch_optional(query),
-            PoolMode::Transaction => (&mut *self.inner).fetch_optional(Unnamed(query)),
-        }
+        Box::pin(async move {
+            let conn = self.held.start();
+            let row = match self.mode {
+                PoolMode::Session => conn.fetch_optional(query).await,
+                PoolMode::Transaction => conn.fetch_optional(Unnamed(query)).await,
+            };
+            self.held.settle();
+            row
+        })
     }
 
     fn prepare_with<'e>(
@@ -311,7 +349,11 @@ impl<'c> Executor<'c> for &'c mut Tx {
         'c: 'e,
     {
         match self.mode {
-            PoolMode::Session => (&mut *self.inner).prepare_with(sql, parameters),
+            PoolMode::Session => Box::pin(async move {
+                let statement = self.held.start().prepare_with(sql, parameters).await;
+                self.held.settle();
+                statement
+            }),
             PoolMode::Transaction => Box::pin(async { Err(named_statements_refused()) }),
         }
     }
@@ -320,7 +362,11 @@ impl<'c> Executor<'c> for &'c mut Tx {
     where
         'c: 'e,
     {
-        (&mut *self.inner).describe(sql)
+        Box::pin(async move {
+            let description = self.held.start().describe(sql).await;
+            self.held.settle();
+            description
+        })
     }
 }
 

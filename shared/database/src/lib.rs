@@ -2,8 +2,8 @@
 //! database (the migrations in `tools/localpg`) builds without gRPC:
 //!
 //! - the PostgreSQL pool and its executors ([`Db`], [`Tx`]; [`pool`]),
-//! - the per-call statement_timeout ([`deadline`]): a call's remaining time, set by whoever runs
-//!   the call (the server's call limits), becomes its statements' timeout,
+//! - the per-call deadline ([`deadline`]), set by whoever runs the call (the server's call
+//!   limits): a statement whose caller has gone is cancelled in PostgreSQL,
 //! - the embedded migrations ([`MIGRATOR`], [`migrate`], [`migrate_when_ready`]), and looking at
 //!   and reverting them by hand ([`migrations`]),
 //! - what the statements, the pool and the tables look like to monitoring: a span and a
@@ -27,6 +27,7 @@ pub mod config;
 pub mod deadline;
 pub mod env;
 mod handle;
+mod in_use;
 pub mod migrations;
 pub mod pool_stats;
 pub mod statement;
@@ -47,6 +48,9 @@ use std::time::Duration;
 /// Every migration in `migrations/`, embedded at compile time so the binaries carry them.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
+/// A pooled connection idle this long is pinged before a call gets it (see `pool`).
+pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// Builds the pool without connecting: a service starts even while the database is down and
 /// reports NOT_SERVING until it answers.
 pub fn pool(config: &DbConfig) -> Result<Db, sqlx::Error> {
@@ -59,17 +63,23 @@ pub fn pool(config: &DbConfig) -> Result<Db, sqlx::Error> {
         // Fail fast when the database is away instead of holding the caller past its deadline.
         .acquire_timeout(Duration::from_secs(3))
         .idle_timeout(Duration::from_secs(300))
-        // No liveness test on an idle connection: in session mode the SET below is the same
-        // round trip; in transaction mode the BEGIN of each statement is.
-        .test_before_acquire(false);
-    let pool = match config.pool_mode {
-        // Each call's connection gets a statement_timeout of the time its client has left, so
-        // PostgreSQL cancels a statement the client no longer waits for.
-        PoolMode::Session => pool
-            .before_acquire(|conn, _| {
-                Box::pin(async move { deadline::set_statement_timeout(conn).await.map(|()| true) })
+        // sqlx's own test (a ping on every acquire) is a round trip per call: instead only a
+        // connection that sat idle is pinged first, which is when it is likely to have died (a
+        // restart, a failover, a serverless database that suspended); a dead one is replaced
+        // before the call gets it. A busy pool's connections go straight to their statement.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_AFTER_IDLE {
+                    use sqlx::Connection;
+                    conn.ping().await?;
+                }
+                Ok(true)
             })
-            .after_connect(|conn, _| Box::pin(deadline::set_statement_timeout(conn))),
+        });
+    let pool = match config.pool_mode {
+        // The deadline is set up once per connection, not per call (see `deadline`).
+        PoolMode::Session => pool.after_connect(|conn, _| Box::pin(deadline::configure_session(conn))),
         // A session SET would stay on a server connection that other clients get next: the
         // timeout is SET LOCAL in each transaction instead (see `Db`).
         PoolMode::Transaction => pool,

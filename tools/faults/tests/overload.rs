@@ -36,8 +36,9 @@ async fn a_deadline_cancels_the_statement_in_postgresql() {
     let err = call.await.unwrap().unwrap_err();
     assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
     assert!(started.elapsed() < Duration::from_millis(3000), "answered after {:?}", started.elapsed());
-    // PostgreSQL cancelled it (statement_timeout = the time the call had left), though the
-    // lock is still held: nothing keeps running for a client that has gone.
+    // PostgreSQL cancelled it (the service closed the connection of the abandoned statement, and
+    // PostgreSQL checks its clients while a statement runs), though the lock is still held:
+    // nothing keeps running for a client that has gone.
     let gone = Instant::now();
     while testkit::statements_waiting_on_locks(&app.db.pool).await > 0 {
         assert!(gone.elapsed() < Duration::from_secs(1), "the statement still runs after the deadline");
