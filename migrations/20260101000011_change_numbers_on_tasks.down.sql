@@ -1,9 +1,10 @@
 -- Back to 0007's feed, with its data: task_versions again holds a row per live task (from the
 -- numbers on the tasks) and per tombstone (a tombstone where a task is again is left out).
+DROP TRIGGER trg_tasks_number_new ON tasks;
 DROP TRIGGER trg_tasks_number_change ON tasks;
 DROP TRIGGER trg_tasks_tombstone ON tasks;
-DROP TRIGGER trg_tasks_tombstone_moved ON tasks;
-DROP FUNCTION number_task_change();
+DROP FUNCTION number_new_task();
+DROP FUNCTION number_changed_task();
 DROP FUNCTION record_task_tombstone();
 
 CREATE TABLE task_versions (

@@ -1,17 +1,18 @@
--- The change feed of 0007 at a third of its cost per write. Same contract (SyncTasks, WatchTasks)
--- and the same guarantees; what changes is where a change number is kept.
+-- The change feed of 0007 at a fraction of its cost per write. Same contract (SyncTasks,
+-- WatchTasks) and the same guarantees; what changes is where a change number is kept.
 --
 -- 0007 made every write run two upserts after the row was written: the user's counter in
 -- task_feeds (never a HOT update, since changed_xid was indexed) and the task's row in
 -- task_versions (a heap row and two index entries per new task, a new row version per update).
--- PostgreSQL spent about 2.2 times a plain insert per insert. Now:
+-- PostgreSQL spent about twice a plain insert's CPU per insert (bench/feed-cost.sh). Now:
 --
 -- - A live task carries its change numbers itself (tasks.feed_seq, tasks.feed_created_seq), set
 --   by a BEFORE trigger in the row being written: one more index entry on tasks instead of a row
 --   elsewhere. task_tombstones keeps the deleted tasks (and a task's old place when an update
 --   moves it to another id or user) until they are pruned.
 -- - The counter is a plain UPDATE written in the trigger (no SQL function to plan per
---   transaction), and changed_xid has no index: the update is HOT. The hub asks only about the
+--   transaction), and changed_xid has no index: the update is HOT. One trigger call per write,
+--   with no after-trigger queue for inserts and updates. The hub asks only about the
 --   users with open streams, by primary key, so it never needed that index.
 --
 -- Taking the number still locks the user's counter row until the transaction ends: a user's
@@ -70,35 +71,65 @@ SELECT user_id, task_id, seq, created_seq, deleted_at FROM task_versions WHERE d
 
 DROP TABLE task_versions;
 
--- Numbers the row being written with the next change of its user. An insert, and an update that
--- moves the task to another id or user, create it there; any other update keeps its creation.
-CREATE FUNCTION number_task_change() RETURNS trigger
+-- The next change number of a user, inline in each trigger function below (a call to a SQL
+-- function from PL/pgSQL plans its body again in every transaction). The UPDATE locks the
+-- user's counter row until the transaction ends; the INSERT is for the user's first change (or a
+-- concurrent first one got there first).
+--
+-- An insert numbers the new task and creates it there.
+CREATE FUNCTION number_new_task() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    change BIGINT;
 BEGIN
     UPDATE task_feeds SET seq = seq + 1, changed_xid = pg_current_xact_id()
     WHERE user_id = NEW.user_id
-    RETURNING seq INTO change;
+    RETURNING seq, seq INTO NEW.feed_seq, NEW.feed_created_seq;
     IF NOT FOUND THEN
-        -- The user's first change (or a concurrent first one got there first).
         INSERT INTO task_feeds (user_id, seq) VALUES (NEW.user_id, 1)
         ON CONFLICT (user_id) DO UPDATE SET seq = task_feeds.seq + 1, changed_xid = pg_current_xact_id()
-        RETURNING seq INTO change;
-    END IF;
-    NEW.feed_seq := change;
-    IF TG_OP = 'INSERT' OR OLD.id <> NEW.id OR OLD.user_id <> NEW.user_id THEN
-        NEW.feed_created_seq := change;
-    ELSE
-        NEW.feed_created_seq := coalesce(OLD.feed_created_seq, change);
+        RETURNING seq, seq INTO NEW.feed_seq, NEW.feed_created_seq;
     END IF;
     RETURN NEW;
 END;
 $$;
 
--- A tombstone, numbered in the old owner's feed, for a task deleted or moved away. A tombstone
--- at a place a task occupies again (an explicit id, a move) stays until pruned; readers ignore
--- it while a task is there.
+-- An update numbers the task again and keeps its creation; one that moves the task to another id
+-- or user first leaves a tombstone, numbered in the old owner's feed, and creates it anew. (Here
+-- rather than in an AFTER trigger: the row is locked by now, and this saves every update the
+-- after-trigger queue.)
+CREATE FUNCTION number_changed_task() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    change BIGINT;
+BEGIN
+    IF OLD.id <> NEW.id OR OLD.user_id <> NEW.user_id THEN
+        UPDATE task_feeds SET seq = seq + 1, changed_xid = pg_current_xact_id()
+        WHERE user_id = OLD.user_id
+        RETURNING seq INTO change;
+        IF NOT FOUND THEN
+            INSERT INTO task_feeds (user_id, seq) VALUES (OLD.user_id, 1)
+            ON CONFLICT (user_id) DO UPDATE SET seq = task_feeds.seq + 1, changed_xid = pg_current_xact_id()
+            RETURNING seq INTO change;
+        END IF;
+        INSERT INTO task_tombstones (user_id, task_id, seq, created_seq, deleted_at)
+        VALUES (OLD.user_id, OLD.id, change, coalesce(OLD.feed_created_seq, change), now())
+        ON CONFLICT (user_id, task_id) DO UPDATE SET
+            seq = EXCLUDED.seq, created_seq = EXCLUDED.created_seq, deleted_at = EXCLUDED.deleted_at;
+        OLD.feed_created_seq := NULL; -- created anew below
+    END IF;
+    -- A task written while the feed's triggers were off has no creation: this change is it.
+    UPDATE task_feeds SET seq = seq + 1, changed_xid = pg_current_xact_id()
+    WHERE user_id = NEW.user_id
+    RETURNING seq, coalesce(OLD.feed_created_seq, seq) INTO NEW.feed_seq, NEW.feed_created_seq;
+    IF NOT FOUND THEN
+        INSERT INTO task_feeds (user_id, seq) VALUES (NEW.user_id, 1)
+        ON CONFLICT (user_id) DO UPDATE SET seq = task_feeds.seq + 1, changed_xid = pg_current_xact_id()
+        RETURNING seq, coalesce(OLD.feed_created_seq, seq) INTO NEW.feed_seq, NEW.feed_created_seq;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+-- A deleted task's tombstone, numbered in its owner's feed.
 CREATE FUNCTION record_task_tombstone() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -120,16 +151,17 @@ BEGIN
 END;
 $$;
 
--- BEFORE, so the numbers are in the row as written.
-CREATE TRIGGER trg_tasks_number_change BEFORE INSERT OR UPDATE ON tasks
-    FOR EACH ROW EXECUTE FUNCTION number_task_change();
+-- BEFORE, so that the numbers are in the row as it is written. A tombstone at a place a task
+-- occupies again (an explicit id, a move back) stays until pruned; readers ignore it while a task
+-- is there.
+CREATE TRIGGER trg_tasks_number_new BEFORE INSERT ON tasks
+    FOR EACH ROW EXECUTE FUNCTION number_new_task();
+
+CREATE TRIGGER trg_tasks_number_change BEFORE UPDATE ON tasks
+    FOR EACH ROW EXECUTE FUNCTION number_changed_task();
 
 CREATE TRIGGER trg_tasks_tombstone AFTER DELETE ON tasks
     FOR EACH ROW EXECUTE FUNCTION record_task_tombstone();
-
-CREATE TRIGGER trg_tasks_tombstone_moved AFTER UPDATE ON tasks
-    FOR EACH ROW WHEN (OLD.id <> NEW.id OR OLD.user_id <> NEW.user_id)
-    EXECUTE FUNCTION record_task_tombstone();
 
 -- TRUNCATE fires no row triggers: every feed starts over (as in 0007), and the tombstones go.
 CREATE OR REPLACE FUNCTION reset_task_feeds() RETURNS trigger
