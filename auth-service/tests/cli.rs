@@ -84,17 +84,17 @@ async fn table_exists(db: &TestDatabase, table: &str) -> bool {
 async fn migrate_status_down_and_up_round_trip_with_its_refusals() {
     let db = TestDatabase::new().await;
     let all = applied_versions(&db).await;
-    assert_eq!(all.len(), 10);
+    assert_eq!(all.len(), 11);
     let newest = *all.last().unwrap();
 
     let status = run_on(&db, &["migrate", "status"]).await;
     assert_eq!(status.code, 0, "{}", status.text());
-    assert_eq!(status.stdout.lines().filter(|l| l.ends_with(" applied")).count(), 10, "{}", status.text());
+    assert_eq!(status.stdout.lines().filter(|l| l.ends_with(" applied")).count(), 11, "{}", status.text());
 
     // The newest down script drops a table: refused without --yes, saying what it would drop.
     let refused = run_on(&db, &["migrate", "down"]).await;
     assert_eq!(refused.code, 1, "{}", refused.text());
-    assert!(refused.stderr.contains("would drop data: DROP TABLE email_conflicts"), "{}", refused.text());
+    assert!(refused.stderr.contains("would drop data: DROP TABLE task_tombstones"), "{}", refused.text());
     assert!(refused.stderr.contains("--yes"), "{}", refused.text());
     assert_eq!(applied_versions(&db).await, all, "nothing reverted");
 
@@ -112,21 +112,21 @@ async fn migrate_status_down_and_up_round_trip_with_its_refusals() {
     let one = run_on(&db, &["migrate", "down", "--yes"]).await;
     assert_eq!(one.code, 0, "{}", one.text());
     assert!(one.stdout.contains(&format!("reverted {newest}")), "{}", one.text());
-    assert_eq!(applied_versions(&db).await, all[..9]);
-    assert!(!table_exists(&db, "email_conflicts").await);
+    assert_eq!(applied_versions(&db).await, all[..10]);
+    assert!(!table_exists(&db, "task_tombstones").await && table_exists(&db, "task_versions").await);
     let status = run_on(&db, &["migrate", "status"]).await;
-    assert!(status.stdout.contains(&format!("{newest} email conflicts")), "{}", status.text());
+    assert!(status.stdout.contains(&format!("{newest} change numbers on tasks")), "{}", status.text());
     assert!(
         status.stdout.lines().any(|l| l.starts_with(&newest.to_string()) && l.ends_with(" pending")),
         "{}",
         status.text()
     );
 
-    // Down to migration 3: refused at 9 (drops columns) without --yes, then done with it.
+    // Down to migration 3: refused at 10 (drops a table) without --yes, then done with it.
     let refused = run_on(&db, &["migrate", "down", "--to", "20260101000003"]).await;
     assert_eq!(refused.code, 1, "{}", refused.text());
-    assert!(refused.stderr.contains("DROP COLUMN last_used_at"), "{}", refused.text());
-    assert_eq!(applied_versions(&db).await, all[..9]);
+    assert!(refused.stderr.contains("DROP TABLE email_conflicts"), "{}", refused.text());
+    assert_eq!(applied_versions(&db).await, all[..10]);
     let down = run_on(&db, &["migrate", "down", "--to", "20260101000003", "--yes"]).await;
     assert_eq!(down.code, 0, "{}", down.text());
     assert_eq!(applied_versions(&db).await, all[..3]);
@@ -138,7 +138,7 @@ async fn migrate_status_down_and_up_round_trip_with_its_refusals() {
     // Up applies the rest, under sqlx's lock.
     let up = run_on(&db, &["migrate", "up"]).await;
     assert_eq!(up.code, 0, "{}", up.text());
-    assert!(up.stdout.contains("7 migration(s) applied"), "{}", up.text());
+    assert!(up.stdout.contains("8 migration(s) applied"), "{}", up.text());
     assert_eq!(applied_versions(&db).await, all);
     assert!(table_exists(&db, "email_conflicts").await);
 

@@ -1,7 +1,6 @@
 //! What the project's tables take on disk: each table's and index's size and each table's row
 //! estimate (from `pg_class`, what the planner knows; no table is scanned), and the tombstones of
-//! the change feed awaiting pruning (counted through their partial index,
-//! `idx_task_versions_deleted_at`).
+//! the change feed awaiting pruning (counted through an index of `task_tombstones`).
 //!
 //! Read for the metrics endpoint at most once a minute ([`REFRESH_EVERY`]), and only when the
 //! instance has had calls since the last reading: a scrape of an idle instance is answered from
@@ -37,7 +36,7 @@ pub struct Relation {
 pub struct Storage {
     /// Every table and index in the schema the pool's connections use.
     pub relations: Vec<Relation>,
-    /// Deleted tasks' tombstones in `task_versions`, kept for the sync retention time.
+    /// Deleted tasks' tombstones in `task_tombstones`, kept for the sync retention time.
     pub tombstones: i64,
 }
 
@@ -96,10 +95,10 @@ pub async fn read(db: &Db) -> Result<Storage, sqlx::Error> {
         .fetch_all(db),
     )
     .await?;
-    let tombstones = if relations.iter().any(|r| r.name == "task_versions") {
+    let tombstones = if relations.iter().any(|r| r.name == "task_tombstones") {
         crate::statement::observed_one(
             "storage_tombstones",
-            sqlx::query_scalar("SELECT count(*) FROM task_versions WHERE deleted_at IS NOT NULL").fetch_one(db),
+            sqlx::query_scalar("SELECT count(*) FROM task_tombstones").fetch_one(db),
         )
         .await?
     } else {

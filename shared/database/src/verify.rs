@@ -37,10 +37,9 @@ pub async fn run(conn: &mut PgConnection) -> Vec<Check> {
             "tasks",
             "SELECT count(*) FROM tasks",
             "SELECT count(*) FROM tasks t
-             WHERE NOT EXISTS (SELECT 1 FROM task_versions v
-                               WHERE v.user_id = t.user_id AND v.task_id = t.id AND v.deleted_at IS NULL)
+             WHERE t.feed_seq IS NULL OR t.feed_created_seq IS NULL OR t.feed_created_seq > t.feed_seq
                 OR NOT EXISTS (SELECT 1 FROM task_feeds f WHERE f.user_id = t.user_id)",
-            "task(s) without their live task_versions row or their user's task_feeds row",
+            "task(s) without their change numbers or their user's task_feeds row",
         )
         .await,
     ));
@@ -49,11 +48,16 @@ pub async fn run(conn: &mut PgConnection) -> Vec<Check> {
         count_check(
             conn,
             "feed counters",
-            "task versions",
-            "SELECT count(*) FROM task_versions",
-            "SELECT count(*) FROM task_versions v LEFT JOIN task_feeds f USING (user_id)
-             WHERE f.user_id IS NULL OR v.seq > f.seq OR f.pruned_seq > f.seq",
-            "task version(s) ahead of their feed's counter (or with no feed)",
+            "changes",
+            "SELECT (SELECT count(*) FROM tasks WHERE feed_seq IS NOT NULL) + (SELECT count(*) FROM task_tombstones)",
+            // Each number is one change: ahead of the counter, or taken twice (a live task and a
+            // tombstone, or two tasks), is wrong.
+            "WITH changes AS (SELECT user_id, feed_seq AS seq FROM tasks WHERE feed_seq IS NOT NULL
+                              UNION ALL SELECT user_id, seq FROM task_tombstones)
+             SELECT (SELECT count(*) FROM changes c LEFT JOIN task_feeds f USING (user_id)
+                     WHERE f.user_id IS NULL OR c.seq > f.seq OR f.pruned_seq > f.seq)
+                  + (SELECT count(*) FROM (SELECT 1 FROM changes GROUP BY user_id, seq HAVING count(*) > 1) twice)",
+            "change(s) ahead of their feed's counter, numbered twice, or with no feed",
         )
         .await,
     ));

@@ -159,3 +159,60 @@ async fn emails_are_unique_whatever_their_case_even_written_by_sql() {
     let constraint = err.as_database_error().and_then(|e| e.constraint()).map(str::to_owned);
     assert_eq!(constraint.as_deref(), Some("uq_users_email_lower"), "{err}");
 }
+
+/// The feed's rows under 0007's design, as `task_versions` holds them.
+async fn task_versions(pool: &PgPool) -> Vec<(uuid::Uuid, i32, i64, i64, bool)> {
+    sqlx::query_as(
+        "SELECT user_id, task_id, seq, created_seq, deleted_at IS NOT NULL FROM task_versions ORDER BY user_id, task_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_feed_on_the_tasks_goes_back_to_0007_with_its_rows() {
+    let db = TestDatabase::empty().await;
+    MIGRATOR.run_to(20260101000010, &db.pool).await.unwrap();
+    let design_0007 = catalog(&db.pool).await;
+    // Under 0007: tasks created, one renamed, one deleted, one moved to another user.
+    sqlx::raw_sql(
+        "INSERT INTO users (id, email, password_hash) VALUES
+             ('00000000-0000-4000-8000-000000000001', 'a@example.com', 'x'),
+             ('00000000-0000-4000-8000-000000000002', 'b@example.com', 'x');
+         INSERT INTO tasks (user_id, title) SELECT '00000000-0000-4000-8000-000000000001', 't' || g FROM generate_series(1, 5) g;
+         UPDATE tasks SET title = 'renamed' WHERE id = 2;
+         DELETE FROM tasks WHERE id = 3;
+         UPDATE tasks SET user_id = '00000000-0000-4000-8000-000000000002' WHERE id = 4;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let rows_0007 = task_versions(&db.pool).await;
+
+    migrate(&db.pool).await.unwrap();
+    let (live, tombstones): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM tasks WHERE feed_seq IS NOT NULL), (SELECT count(*) FROM task_tombstones)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((live, tombstones), (4, 2), "every task numbered, the deleted and the moved-away one tombstoned");
+    MIGRATOR.undo(&db.pool, 20260101000010).await.unwrap();
+    assert_eq!(catalog(&db.pool).await, design_0007, "0011's down restores 0007's design exactly");
+    assert_eq!(task_versions(&db.pool).await, rows_0007, "and its rows");
+
+    // A change under 0011 is in 0007's rows after the way back: the next number, creation kept.
+    migrate(&db.pool).await.unwrap();
+    sqlx::query("UPDATE tasks SET completed = true WHERE id = 2").execute(&db.pool).await.unwrap();
+    MIGRATOR.undo(&db.pool, 20260101000010).await.unwrap();
+    let after = task_versions(&db.pool).await;
+    let before = rows_0007.iter().find(|r| r.1 == 2).unwrap();
+    let renamed = after.iter().find(|r| r.1 == 2).unwrap();
+    let counter: i64 = sqlx::query_scalar("SELECT seq FROM task_feeds WHERE user_id = $1")
+        .bind(before.0)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!((renamed.2, renamed.3, renamed.4), (counter, before.3, false));
+}

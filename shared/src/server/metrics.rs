@@ -300,7 +300,7 @@ impl StorageGauges {
         );
         registry.register(
             "db_feed_tombstones",
-            "Deleted tasks' tombstones in task_versions, awaiting pruning after the sync retention time",
+            "Deleted tasks' tombstones in task_tombstones, awaiting pruning after the sync retention time",
             gauges.tombstones.clone(),
         );
         gauges

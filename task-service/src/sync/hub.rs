@@ -4,9 +4,10 @@
 //! writer's transaction id (`changed_xid`). One task per instance polls, every 50 ms, for the
 //! feeds stamped at or above the oldest transaction that was still running at its previous poll:
 //! every transaction below that had finished by then, so its changes were visible to that poll,
-//! and none is skipped however late it commits. The poll wakes the streams of the users it finds;
-//! each stream then reads the feed from its own position, so a wake-up carries no data and an
-//! extra one costs a query that finds nothing. (NOTIFY would wake sooner, but a notifying
+//! and none is skipped however late it commits. It asks only about the users with streams here,
+//! by primary key: changed_xid has no index (migration 0011), so stamping it is a HOT update.
+//! The poll wakes the streams of the users it finds; each stream then reads the feed from its own
+//! position, so a wake-up carries no data and an extra one costs a query that finds nothing. (NOTIFY would wake sooner, but a notifying
 //! transaction holds a database-wide lock through its commit: every task write would commit one
 //! after another.)
 //!

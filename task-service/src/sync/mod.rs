@@ -1,6 +1,6 @@
 //! Live sync (issue #4): the change feed behind SyncTasks and WatchTasks.
 //!
-//! - `feed`: the SQL of the feed that migration 0007's trigger keeps for every change to tasks.
+//! - `feed`: the SQL of the feed that the triggers of migrations 0007 and 0011 keep for every change to tasks.
 //! - `token`: the opaque sync token, a position in the caller's feed.
 //! - `hub`: one poll per instance every 50 ms, waking the streams of the users whose feeds moved.
 //! - `watch`: one stream's task and its bounded buffer.

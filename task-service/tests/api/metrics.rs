@@ -136,7 +136,7 @@ async fn database_series_after_real_calls() {
     assert_eq!(after.value("db_relation_rows_estimate", &[("relation", "tasks")]), Some(2.0), "two tasks, analyzed");
     assert_eq!(after.value("db_feed_tombstones", &[]), Some(1.0), "the deleted task's tombstone awaits pruning");
     // The reading was taken for this scrape; the next scrape, within the minute, reuses it.
-    sqlx::query("DELETE FROM task_versions").execute(&db.pool).await.unwrap();
+    sqlx::query("DELETE FROM task_tombstones").execute(&db.pool).await.unwrap();
     let again = scrape(metrics_addr).await;
     assert_eq!(again.value("db_feed_tombstones", &[]), Some(1.0), "not read again within a minute");
 }

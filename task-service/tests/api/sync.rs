@@ -151,7 +151,7 @@ async fn tokens_older_than_the_tombstones_must_sync_again() {
     delete(&app, &alice, e.id).await;
 
     // A month and a half later the tombstone is pruned, as the service's hourly job does.
-    sqlx::query("UPDATE task_versions SET deleted_at = now() - interval '46 days' WHERE deleted_at IS NOT NULL")
+    sqlx::query("UPDATE task_tombstones SET deleted_at = now() - interval '46 days'")
         .execute(&app.db.pool)
         .await
         .unwrap();
@@ -259,4 +259,29 @@ async fn stats_count_the_callers_tasks() {
     assert_eq!(stats(&bob).await, GetTaskStatsResponse { total: 1, completed: 0 });
     let status = app.tasks.clone().get_task_stats(GetTaskStatsRequest {}).await.unwrap_err();
     assert_error(&status, Code::Unauthenticated, "MISSING_TOKEN");
+}
+
+#[tokio::test]
+async fn a_task_back_at_its_old_id_is_changed_not_deleted() {
+    let app = TestApp::spawn().await;
+    let alice = user(&app, "alice@example.com").await;
+    let a = create(&app, &alice, "a").await;
+    let (_, _, knew_a) = sync_all(&app, &alice, "").await;
+    delete(&app, &alice, a.id).await;
+    let (_, deleted, knew_deletion) = sync_all(&app, &alice, &knew_a).await;
+    assert_eq!(deleted, vec![a.id]);
+
+    // An admin puts it back under its old id: its tombstone is still there, and tells nothing.
+    sqlx::query("INSERT INTO tasks (id, user_id, title) VALUES ($1, $2, 'a again')")
+        .bind(a.id as i32)
+        .bind(alice.id)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    for token in [&knew_a, &knew_deletion] {
+        let (changed, deleted, _) = sync_all(&app, &alice, token).await;
+        assert_eq!((changed, deleted), (titles(&[(a.id, "a again")]), vec![]));
+    }
+    let (changed, deleted, _) = sync_all(&app, &alice, "").await;
+    assert_eq!((changed, deleted), (titles(&[(a.id, "a again")]), vec![]));
 }

@@ -137,7 +137,8 @@ async fn a_committed_change_reaches_a_stream_within_a_poll_or_two() {
 #[tokio::test]
 async fn idle_streams_query_nothing_while_nothing_changes() {
     // Streams wait for the hub's poll, which reads only task_feeds; an idle stream reads its feed
-    // (task_versions) only when woken. With task_versions locked, any such read would wait.
+    // (task_tombstones with tasks) only when woken. With task_tombstones locked, any such read
+    // would wait.
     let app = TestApp::spawn().await;
     let alice = user(&app, "alice@example.com").await;
     let mut streams = Vec::new();
@@ -171,7 +172,7 @@ async fn idle_streams_query_nothing_while_nothing_changes() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut lock = app.db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE task_versions IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    sqlx::query("LOCK TABLE task_tombstones IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
     // Over 2.5 s: the hub polls 50 times and each stream ticks twice (its token re-check).
     let until = Instant::now() + Duration::from_millis(2500);
     while Instant::now() < until {
@@ -258,13 +259,12 @@ async fn deleting_an_account_deletes_its_tasks_in_the_feed_and_ends_its_streams(
     // Alice deletes her account: the cascade records a tombstone per task, and her stream ends.
     let request = todo_proto::auth::v1::DeleteAccountRequest { password: testkit::PASSWORD.into() };
     app.auth.clone().delete_account(authed(request, &alice.token)).await.unwrap();
-    let tombstones: Vec<i32> = sqlx::query_scalar(
-        "SELECT task_id FROM task_versions WHERE user_id = $1 AND deleted_at IS NOT NULL ORDER BY task_id",
-    )
-    .bind(alice.id)
-    .fetch_all(&app.db.pool)
-    .await
-    .unwrap();
+    let tombstones: Vec<i32> =
+        sqlx::query_scalar("SELECT task_id FROM task_tombstones WHERE user_id = $1 ORDER BY task_id")
+            .bind(alice.id)
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
     assert_eq!(tombstones.into_iter().map(i64::from).collect::<Vec<_>>(), alices);
     // Her DELETED events may come first; then the stream must end.
     let deleted_first = |event: WatchTasksResponse| assert_eq!(event.change_type(), ChangeType::Deleted);
@@ -443,7 +443,7 @@ async fn watch_refuses_bad_and_expired_tokens_up_front() {
     let request = SyncTasksRequest { sync_token: String::new(), page_size: 0 };
     let old = app.tasks.clone().sync_tasks(authed(request, &alice.token)).await.unwrap().into_inner().next_sync_token;
     delete(&app, &alice, a.id).await;
-    sqlx::query("UPDATE task_versions SET deleted_at = now() - interval '46 days' WHERE deleted_at IS NOT NULL")
+    sqlx::query("UPDATE task_tombstones SET deleted_at = now() - interval '46 days'")
         .execute(&app.db.pool)
         .await
         .unwrap();
