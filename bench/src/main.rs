@@ -8,6 +8,7 @@
 //! release mode and run as separate processes, data seeded by SQL. See docs/BENCHMARKS.md for
 //! what the figures mean.
 
+mod callers;
 mod cpu;
 mod floor;
 mod load;
@@ -18,6 +19,7 @@ mod stack;
 mod watch;
 
 use anyhow::Context;
+use callers::{CONCURRENCY, Clients, USERS, canned_replies, channels, pick, status_text, task_load};
 use clap::{Parser, Subcommand};
 use load::{LoadResult, Timing};
 use serde_json::{Value, json};
@@ -28,17 +30,9 @@ use todo_proto::auth::v1::{GetCurrentUserRequest, LoginRequest, ValidateTokenReq
 use todo_proto::task::v1::task_service_client::TaskServiceClient;
 use todo_proto::task::v1::*;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 
 /// (owner, task id) of the tasks one mixed-scenario worker created, for it to delete later.
 type CreatedTasks = std::sync::Mutex<Vec<(i64, i64)>>;
-
-/// Calls in flight, as in the targets ("p99 under 10 ms at 32 in flight").
-const CONCURRENCY: usize = 32;
-/// HTTP/2 connections the callers share.
-const CONNECTIONS: usize = 4;
-/// Users of the small data set, each with 200 tasks.
-const USERS: i64 = 100;
 
 /// Load generator and benchmarks: the real services over gRPC against pgbench running the same
 /// SQL, and against a bare tonic server (the floor).
@@ -105,45 +99,6 @@ impl Options {
     }
 }
 
-/// What the callers share: connections, and a token per user.
-struct Clients {
-    tasks: Vec<TaskServiceClient<Channel>>,
-    auth: Vec<AuthServiceClient<Channel>>,
-    /// `authorization` metadata and raw token of user n at index n-1.
-    bearer: Vec<MetadataValue<tonic::metadata::Ascii>>,
-    tokens: Vec<String>,
-}
-
-impl Clients {
-    fn task(&self, worker: usize) -> TaskServiceClient<Channel> {
-        self.tasks[worker % self.tasks.len()].clone()
-    }
-
-    fn auth(&self, worker: usize) -> AuthServiceClient<Channel> {
-        self.auth[worker % self.auth.len()].clone()
-    }
-
-    fn request<T>(&self, user: i64, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.metadata_mut().insert("authorization", self.bearer[(user - 1) as usize].clone());
-        request
-    }
-}
-
-async fn channels(addr: std::net::SocketAddr) -> anyhow::Result<Vec<Channel>> {
-    let mut out = Vec::new();
-    for _ in 0..CONNECTIONS {
-        out.push(Channel::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?);
-    }
-    Ok(out)
-}
-
-/// A cheap deterministic spread over users: worker and iteration mixed.
-fn pick(worker: usize, iteration: u64, n: i64) -> i64 {
-    let x = (worker as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ iteration.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    (x.rotate_left(17) % n as u64) as i64 + 1
-}
-
 fn line(scenario: &str, concurrency: usize, result: &LoadResult, extra: Value, services: &[&stack::Service]) -> Value {
     let mut rss = serde_json::Map::new();
     for service in services {
@@ -170,10 +125,6 @@ fn line(scenario: &str, concurrency: usize, result: &LoadResult, extra: Value, s
     out
 }
 
-fn status_text(status: tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
-}
-
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -192,70 +143,6 @@ fn merge(parts: impl IntoIterator<Item = Value>) -> Value {
 /// What PostgreSQL did for a scenario's calls: its CPU per call, and `pgstat::per_call`'s fields.
 fn database(result: &LoadResult, statements: Value) -> Value {
     merge([json!({"pg_cpu_ms_per_call": cpu::round3(result.cpu_ms_per_call("postgres"))}), statements])
-}
-
-/// One real reply of each RPC the floor answers, for user 1 (whose list stays a full page).
-async fn canned_replies(clients: &Clients) -> anyhow::Result<floor::CannedReplies> {
-    let mut tasks = clients.task(0);
-    let get = tasks.get_task(clients.request(1, GetTaskRequest { id: 1 })).await?.into_inner();
-    let list = ListTasksRequest { page_size: 50, ..Default::default() };
-    let list = tasks.list_tasks(clients.request(1, list)).await?.into_inner();
-    let create = CreateTaskRequest { title: "bench task".into(), ..Default::default() };
-    let create = tasks.create_task(clients.request(1, create)).await?.into_inner();
-    Ok(floor::CannedReplies { get, list, create })
-}
-
-/// The load of the list, get, create or update scenario on `c`'s task connections (the real
-/// task-service, or the floor): 32 callers, a user picked at random per call.
-async fn task_load(scenario: &str, c: Arc<Clients>, timing: Timing, probe: load::CpuProbe) -> LoadResult {
-    match scenario {
-        "list" => {
-            load::run(CONCURRENCY, timing, probe, move |w, i| {
-                let (c, user) = (c.clone(), pick(w, i, USERS));
-                async move {
-                    let request = ListTasksRequest { page_size: 50, ..Default::default() };
-                    match c.task(w).list_tasks(c.request(user, request)).await {
-                        Ok(r) if r.get_ref().tasks.len() == 50 => Ok(()),
-                        Ok(r) => Err(format!("expected 50 tasks, got {}", r.get_ref().tasks.len())),
-                        Err(s) => Err(status_text(s)),
-                    }
-                }
-            })
-            .await
-        }
-        "get" => {
-            load::run(CONCURRENCY, timing, probe, move |w, i| {
-                let (c, user) = (c.clone(), pick(w, i, USERS));
-                let id = (user - 1) * seed::TASKS_PER_USER + (i as i64 % seed::TASKS_PER_USER) + 1;
-                async move {
-                    c.task(w).get_task(c.request(user, GetTaskRequest { id })).await.map(|_| ()).map_err(status_text)
-                }
-            })
-            .await
-        }
-        "create" => {
-            load::run(CONCURRENCY, timing, probe, move |w, i| {
-                let (c, user) = (c.clone(), pick(w, i, USERS));
-                async move {
-                    let request = CreateTaskRequest { title: "bench task".into(), ..Default::default() };
-                    c.task(w).create_task(c.request(user, request)).await.map(|_| ()).map_err(status_text)
-                }
-            })
-            .await
-        }
-        "update" => {
-            load::run(CONCURRENCY, timing, probe, move |w, i| {
-                let (c, user) = (c.clone(), pick(w, i, USERS));
-                let id = (user - 1) * seed::TASKS_PER_USER + (i as i64 % seed::TASKS_PER_USER) + 1;
-                async move {
-                    let request = UpdateTaskRequest { id, completed: Some(i % 2 == 0), ..Default::default() };
-                    c.task(w).update_task(c.request(user, request)).await.map(|_| ()).map_err(status_text)
-                }
-            })
-            .await
-        }
-        other => unreachable!("no task load named {other}"),
-    }
 }
 
 async fn run_all(options: Options) -> anyhow::Result<()> {
