@@ -1,18 +1,26 @@
 //! `cargo run --release -p bench -- all [--quick] [--pgbouncer]`: drives the real services over
 //! gRPC and prints one JSON object per line per scenario, next to pgbench on the same statements
-//! (straight to PostgreSQL). With `--pgbouncer` the services reach PostgreSQL through PgBouncer in
-//! transaction mode (`DB_POOL_MODE=transaction`).
+//! (straight to PostgreSQL) and a bare tonic server with canned replies (the floor). With
+//! `--pgbouncer` the services reach PostgreSQL through PgBouncer in transaction mode
+//! (`DB_POOL_MODE=transaction`). `bench --help` and `bench all --help` list the fields.
 //!
-//! Everything is its own: a private PostgreSQL, both services built in release mode and run as
-//! separate processes, data seeded by SQL. See docs/BENCHMARKS.md for what the figures mean.
+//! Everything is its own: a private PostgreSQL (with pg_stat_statements), both services built in
+//! release mode and run as separate processes, data seeded by SQL. See docs/BENCHMARKS.md for
+//! what the figures mean.
 
+mod callers;
 mod cpu;
+mod floor;
 mod load;
 mod pgbench;
+mod pgstat;
 mod seed;
 mod stack;
 mod watch;
 
+use anyhow::Context;
+use callers::{CONCURRENCY, Clients, USERS, canned_replies, channels, pick, status_text, task_load};
+use clap::{Parser, Subcommand};
 use load::{LoadResult, Timing};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -22,21 +30,62 @@ use todo_proto::auth::v1::{GetCurrentUserRequest, LoginRequest, ValidateTokenReq
 use todo_proto::task::v1::task_service_client::TaskServiceClient;
 use todo_proto::task::v1::*;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 
 /// (owner, task id) of the tasks one mixed-scenario worker created, for it to delete later.
 type CreatedTasks = std::sync::Mutex<Vec<(i64, i64)>>;
 
-/// Calls in flight, as in the targets ("p99 under 10 ms at 32 in flight").
-const CONCURRENCY: usize = 32;
-/// HTTP/2 connections the callers share.
-const CONNECTIONS: usize = 4;
-/// Users of the small data set, each with 200 tasks.
-const USERS: i64 = 100;
+/// Load generator and benchmarks: the real services over gRPC against pgbench running the same
+/// SQL, and against a bare tonic server (the floor).
+#[derive(Parser)]
+#[command(name = "bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
 
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Runs every scenario and prints one JSON object a line.
+    ///
+    /// Scenarios, in order: setup, startup, floor (GetTask, ListTasks, CreateTask), list, get,
+    /// create, update, mixed, watch, validate, login, deep-page, scale. There is no option to
+    /// run only some of them.
+    ///
+    /// Fields of a scenario's line, besides requests, errors, rps, p50_ms, p99_ms, rss_mb:
+    ///   cpu_ms_per_request    CPU ms per measured call of each process group (the services,
+    ///                         bench itself, postgres: the bench's PostgreSQL server only)
+    ///   pg_cpu_ms_per_call    PostgreSQL's CPU ms per call (= cpu_ms_per_request.postgres)
+    ///   statements_per_call   statements pg_stat_statements counted (SET, BEGIN, COMMIT
+    ///                         included) per gRPC call, warm-up included on both sides
+    ///   statements            the most frequent statements as [query, per call] pairs
+    ///   pgbench_tps, ratio    pgbench on the same statement and rows; ratio = rps / pgbench_tps
+    ///   pgbench_pg_cpu_ms_per_tx  PostgreSQL's CPU ms per pgbench transaction (its steady
+    ///                         seconds, between its first and last progress report)
+    ///   pg_cpu_vs_pgbench     pg_cpu_ms_per_call / pgbench_pg_cpu_ms_per_tx
+    ///   service_cpu_vs_floor  task-service CPU per call / the floor's CPU per call of the
+    ///                         same RPC (list, get, create)
+    /// The floor's lines (scenario "floor", field rpc) give its cpu_ms_per_call and reply_bytes.
+    #[command(verbatim_doc_comment)]
+    All(Options),
+    /// The floor's server process (started by `all`).
+    #[command(hide = true)]
+    FloorServer {
+        /// Where to listen.
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// The folder the canned replies were written to.
+        #[arg(long)]
+        replies: std::path::PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
 struct Options {
+    /// 1 s of warm-up and 4 s measured per scenario (else 3 s and 15 s).
+    #[arg(long)]
     quick: bool,
-    /// The services go through PgBouncer in transaction mode.
+    /// The services reach PostgreSQL through PgBouncer in transaction mode (pgbench does not).
+    #[arg(long)]
     pgbouncer: bool,
 }
 
@@ -48,45 +97,6 @@ impl Options {
             Timing { warmup: Duration::from_secs(3), measure: Duration::from_secs(15) }
         }
     }
-}
-
-/// What the callers share: connections, and a token per user.
-struct Clients {
-    tasks: Vec<TaskServiceClient<Channel>>,
-    auth: Vec<AuthServiceClient<Channel>>,
-    /// `authorization` metadata and raw token of user n at index n-1.
-    bearer: Vec<MetadataValue<tonic::metadata::Ascii>>,
-    tokens: Vec<String>,
-}
-
-impl Clients {
-    fn task(&self, worker: usize) -> TaskServiceClient<Channel> {
-        self.tasks[worker % self.tasks.len()].clone()
-    }
-
-    fn auth(&self, worker: usize) -> AuthServiceClient<Channel> {
-        self.auth[worker % self.auth.len()].clone()
-    }
-
-    fn request<T>(&self, user: i64, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.metadata_mut().insert("authorization", self.bearer[(user - 1) as usize].clone());
-        request
-    }
-}
-
-async fn channels(addr: std::net::SocketAddr) -> anyhow::Result<Vec<Channel>> {
-    let mut out = Vec::new();
-    for _ in 0..CONNECTIONS {
-        out.push(Channel::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?);
-    }
-    Ok(out)
-}
-
-/// A cheap deterministic spread over users: worker and iteration mixed.
-fn pick(worker: usize, iteration: u64, n: i64) -> i64 {
-    let x = (worker as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ iteration.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    (x.rotate_left(17) % n as u64) as i64 + 1
 }
 
 fn line(scenario: &str, concurrency: usize, result: &LoadResult, extra: Value, services: &[&stack::Service]) -> Value {
@@ -115,18 +125,36 @@ fn line(scenario: &str, concurrency: usize, result: &LoadResult, extra: Value, s
     out
 }
 
-fn status_text(status: tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// The fields of several JSON objects in one object (a later one wins a shared name).
+fn merge(parts: impl IntoIterator<Item = Value>) -> Value {
+    let mut out = serde_json::Map::new();
+    for part in parts {
+        if let Value::Object(fields) = part {
+            out.extend(fields);
+        }
+    }
+    Value::Object(out)
+}
+
+/// What PostgreSQL did for a scenario's calls: its CPU per call, and `pgstat::per_call`'s fields.
+fn database(result: &LoadResult, statements: Value) -> Value {
+    merge([json!({"pg_cpu_ms_per_call": cpu::round3(result.cpu_ms_per_call("postgres"))}), statements])
 }
 
 async fn run_all(options: Options) -> anyhow::Result<()> {
     let timing = options.timing();
     let bin_dir = tokio::task::spawn_blocking(stack::build_services).await??;
     let binaries = localpg::find_binaries().map_err(anyhow::Error::msg)?;
-    let pg = tokio::task::spawn_blocking(stack::start_postgres).await??;
+    let pg = tokio::task::spawn_blocking(|| stack::start_postgres(&pgstat::server_settings())).await??;
+    let postmaster = *pg.processes().first().context("the bench's PostgreSQL has a postmaster")?;
     let url = pg.url("postgres");
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await?;
     todo_shared::database::migrate(&pool).await?;
+    pgstat::install(&pool).await?;
     let bouncer = match options.pgbouncer {
         true => {
             let dir = std::env::temp_dir().join(format!("todo-bench-pgb-{}", uuid::Uuid::new_v4().simple()));
@@ -151,7 +179,7 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let services = [&auth_service, &task_service];
     let pids = [("auth-service", auth_service.pid()), ("task-service", task_service.pid())];
-    let probe: load::CpuProbe = Arc::new(move || cpu::snapshot(&pids));
+    let probe: load::CpuProbe = Arc::new(move || cpu::snapshot(&pids, postmaster));
     println!(
         "{}",
         json!({
@@ -187,58 +215,56 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
     let pgbench_seconds = timing.measure.as_secs();
     let compare = |scenario: &str, result: &LoadResult| -> anyhow::Result<Value> {
         let Some(script) = pgbench::script(scenario, USERS) else { return Ok(json!({})) };
-        let tps = pgbench::run(&binaries, &url, &script, CONCURRENCY, pgbench_seconds)?;
-        Ok(json!({"pgbench_tps": tps.round(), "ratio": ((result.rps() / tps) * 100.0).round() / 100.0}))
+        let run = pgbench::run(&binaries, &url, postmaster, &script, CONCURRENCY, pgbench_seconds)?;
+        Ok(json!({
+            "pgbench_tps": run.tps.round(),
+            "ratio": round2(result.rps() / run.tps),
+            "pgbench_pg_cpu_ms_per_tx": cpu::round3(run.pg_cpu_ms_per_tx),
+            "pg_cpu_vs_pgbench": round2(result.cpu_ms_per_call("postgres") / run.pg_cpu_ms_per_tx),
+        }))
     };
 
-    // list, get, create, update: each against pgbench on the same statement.
-    let c = clients.clone();
-    let list = load::run(CONCURRENCY, timing, probe.clone(), move |w, i| {
-        let (c, user) = (c.clone(), pick(w, i, USERS));
-        async move {
-            let page =
-                c.task(w).list_tasks(c.request(user, ListTasksRequest { page_size: 50, ..Default::default() })).await;
-            match page {
-                Ok(r) if r.get_ref().tasks.len() == 50 => Ok(()),
-                Ok(r) => Err(format!("expected 50 tasks, got {}", r.get_ref().tasks.len())),
-                Err(s) => Err(status_text(s)),
-            }
-        }
-    })
-    .await;
-    println!("{}", line("list", CONCURRENCY, &list, compare("list", &list)?, &services));
+    // The floor: a bare tonic server giving the real service's replies, under the same load.
+    let canned = canned_replies(&clients).await?;
+    let replies_dir = std::env::temp_dir().join(format!("todo-bench-floor-{}", uuid::Uuid::new_v4().simple()));
+    canned.write(&replies_dir)?;
+    let (floor_server, _) = stack::spawn_floor(&replies_dir).await?;
+    let floor_pids = [("floor", floor_server.pid())];
+    let floor_probe: load::CpuProbe = Arc::new(move || cpu::snapshot(&floor_pids, postmaster));
+    let floor_clients = Arc::new(Clients {
+        tasks: channels(floor_server.addr).await?.into_iter().map(TaskServiceClient::new).collect(),
+        auth: clients.auth.clone(),
+        bearer: clients.bearer.clone(),
+        tokens: Vec::new(),
+    });
+    let mut floor = std::collections::BTreeMap::new();
+    for ((rpc, scenario), bytes) in [("GetTask", "get"), ("ListTasks", "list"), ("CreateTask", "create")]
+        .into_iter()
+        .zip([canned.sizes()[0], canned.sizes()[1], canned.sizes()[2]])
+    {
+        let result = task_load(scenario, floor_clients.clone(), timing, floor_probe.clone()).await;
+        let own =
+            json!({"rpc": rpc, "reply_bytes": bytes, "cpu_ms_per_call": cpu::round3(result.cpu_ms_per_call("floor"))});
+        println!("{}", line("floor", CONCURRENCY, &result, own, &[&floor_server]));
+        floor.insert(scenario, result);
+    }
+    drop(floor_clients);
+    drop(floor_server);
+    let _ = std::fs::remove_dir_all(&replies_dir);
 
-    let c = clients.clone();
-    let get = load::run(CONCURRENCY, timing, probe.clone(), move |w, i| {
-        let (c, user) = (c.clone(), pick(w, i, USERS));
-        let id = (user - 1) * seed::TASKS_PER_USER + (i as i64 % seed::TASKS_PER_USER) + 1;
-        async move { c.task(w).get_task(c.request(user, GetTaskRequest { id })).await.map(|_| ()).map_err(status_text) }
-    })
-    .await;
-    println!("{}", line("get", CONCURRENCY, &get, compare("get", &get)?, &services));
-
-    let c = clients.clone();
-    let create = load::run(CONCURRENCY, timing, probe.clone(), move |w, i| {
-        let (c, user) = (c.clone(), pick(w, i, USERS));
-        async move {
-            let request = CreateTaskRequest { title: "bench task".into(), ..Default::default() };
-            c.task(w).create_task(c.request(user, request)).await.map(|_| ()).map_err(status_text)
-        }
-    })
-    .await;
-    println!("{}", line("create", CONCURRENCY, &create, compare("create", &create)?, &services));
-
-    let c = clients.clone();
-    let update = load::run(CONCURRENCY, timing, probe.clone(), move |w, i| {
-        let (c, user) = (c.clone(), pick(w, i, USERS));
-        let id = (user - 1) * seed::TASKS_PER_USER + (i as i64 % seed::TASKS_PER_USER) + 1;
-        async move {
-            let request = UpdateTaskRequest { id, completed: Some(i % 2 == 0), ..Default::default() };
-            c.task(w).update_task(c.request(user, request)).await.map(|_| ()).map_err(status_text)
-        }
-    })
-    .await;
-    println!("{}", line("update", CONCURRENCY, &update, compare("update", &update)?, &services));
+    // list, get, create, update: each against pgbench on the same statement, and the floor.
+    let mut results = std::collections::BTreeMap::new();
+    for scenario in ["list", "get", "create", "update"] {
+        let (result, statements) =
+            pgstat::around(&pool, task_load(scenario, clients.clone(), timing, probe.clone())).await?;
+        let vs_floor = floor.get(scenario).map(|f| {
+            json!({"service_cpu_vs_floor": round2(result.cpu_ms_per_call("task-service") / f.cpu_ms_per_call("floor"))})
+        });
+        let extra = merge([compare(scenario, &result)?, database(&result, statements), vs_floor.unwrap_or_default()]);
+        println!("{}", line(scenario, CONCURRENCY, &result, extra, &services));
+        results.insert(scenario, result);
+    }
+    let list = results.remove("list").expect("list ran");
 
     // mixed: 70% list, 15% create, 10% update, 5% delete (of a task the same worker created).
     let c = clients.clone();
@@ -275,18 +301,9 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
             }
             .map_err(status_text)
         }
-    })
-    .await;
-    println!(
-        "{}",
-        line(
-            "mixed",
-            CONCURRENCY,
-            &mixed,
-            json!({"fastapi_peer_rps": 1000, "x_fastapi": (mixed.rps() / 1000.0 * 10.0).round() / 10.0}),
-            &services
-        )
-    );
+    });
+    let (mixed, statements) = pgstat::around(&pool, mixed).await?;
+    println!("{}", line("mixed", CONCURRENCY, &mixed, database(&mixed, statements), &services));
 
     // watch: commit-to-event latency for 50 streams while 200 changes a second are made.
     let watched = watch::latency(clients.task(0), &clients.bearer[..50], 200, timing.measure).await?;
@@ -300,9 +317,9 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
             let request = ValidateTokenRequest { access_token: c.tokens[(user - 1) as usize].clone() };
             c.auth(w).validate_token(request).await.map(|_| ()).map_err(status_text)
         }
-    })
-    .await;
-    println!("{}", line("validate", CONCURRENCY, &validate, json!({}), &services));
+    });
+    let (validate, statements) = pgstat::around(&pool, validate).await?;
+    println!("{}", line("validate", CONCURRENCY, &validate, database(&validate, statements), &services));
 
     // login at the configured cost, and GetCurrentUser latency during that storm.
     let login_concurrency = 8;
@@ -378,22 +395,15 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
                     Err(s) => Err(status_text(s)),
                 }
             }
-        })
-        .await;
-        pages.push(result);
+        });
+        pages.push(pgstat::around(&pool, result).await?);
     }
-    let p99_ratio = pages[1].percentile_ms(0.99) / pages[0].percentile_ms(0.99);
-    println!(
-        "{}",
-        line(
-            "deep-page",
-            CONCURRENCY,
-            &pages[1],
-            json!({"page": 200, "page_1": {"rps": pages[0].rps().round(), "p50_ms": pages[0].percentile_ms(0.5), "p99_ms": pages[0].percentile_ms(0.99)},
-                   "p99_vs_page_1": (p99_ratio * 100.0).round() / 100.0}),
-            &services
-        )
-    );
+    let (deep, statements) = pages.pop().expect("page 200 ran");
+    let (first, _) = pages.pop().expect("page 1 ran");
+    let p99_ratio = deep.percentile_ms(0.99) / first.percentile_ms(0.99);
+    let own = json!({"page": 200, "page_1": {"rps": first.rps().round(), "p50_ms": first.percentile_ms(0.5), "p99_ms": first.percentile_ms(0.99)},
+                     "p99_vs_page_1": round2(p99_ratio)});
+    println!("{}", line("deep-page", CONCURRENCY, &deep, merge([own, database(&deep, statements)]), &services));
 
     // scale: 100,000 users and 1,000,000 tasks, then list again for the same users.
     seed::users(&pool, USERS + 1, 100_000, &hash).await?;
@@ -413,19 +423,11 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
                 .map(|_| ())
                 .map_err(status_text)
         }
-    })
-    .await;
+    });
+    let (scale, statements) = pgstat::around(&pool, scale).await?;
     let vs_small = scale.percentile_ms(0.99) / list.percentile_ms(0.99);
-    println!(
-        "{}",
-        line(
-            "scale",
-            CONCURRENCY,
-            &scale,
-            json!({"users": 100_000, "tasks": total, "p99_vs_small": (vs_small * 100.0).round() / 100.0}),
-            &services
-        )
-    );
+    let own = json!({"users": 100_000, "tasks": total, "p99_vs_small": round2(vs_small)});
+    println!("{}", line("scale", CONCURRENCY, &scale, merge([own, database(&scale, statements)]), &services));
 
     drop(clients);
     drop(task_service);
@@ -437,14 +439,11 @@ async fn run_all(options: Options) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) != Some("all") {
-        eprintln!("usage: cargo run --release -p bench -- all [--quick] [--pgbouncer]");
-        return std::process::ExitCode::from(2);
-    }
-    let options =
-        Options { quick: args.iter().any(|a| a == "--quick"), pgbouncer: args.iter().any(|a| a == "--pgbouncer") };
-    match run_all(options).await {
+    let outcome = match Cli::parse().command {
+        BenchCommand::All(options) => run_all(options).await,
+        BenchCommand::FloorServer { addr, replies } => floor::serve(addr, &replies).await,
+    };
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench: {e:#}");

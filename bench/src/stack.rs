@@ -11,13 +11,17 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+/// A server process of the bench (a service or the floor); SIGTERM when dropped.
 pub struct Service {
+    /// Its name in the output (`task-service`, `auth-service`, `floor`).
     pub name: &'static str,
+    /// Where it serves gRPC.
     pub addr: SocketAddr,
     child: Child,
 }
 
 impl Service {
+    /// Its process id, for /proc.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -63,11 +67,12 @@ pub fn build_services() -> anyhow::Result<PathBuf> {
     Ok(exe.parent().context("the bench binary lives in a folder")?.to_path_buf())
 }
 
-pub fn start_postgres() -> anyhow::Result<PrivatePostgres> {
+/// Starts the bench's PostgreSQL with extra server `settings` (pg_stat_statements: `pgstat`).
+pub fn start_postgres(settings: &[(String, String)]) -> anyhow::Result<PrivatePostgres> {
     let binaries = find_binaries().map_err(anyhow::Error::msg)?;
     let root = std::env::temp_dir().join(format!("todo-bench-pg-{}", uuid::Uuid::new_v4().simple()));
     // Durable settings, as in production: the comparison with pgbench is on the same server.
-    PrivatePostgres::start(binaries, &root, Durability::Safe, true).map_err(anyhow::Error::msg)
+    PrivatePostgres::start_with_settings(binaries, &root, Durability::Safe, true, settings).map_err(anyhow::Error::msg)
 }
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
@@ -82,17 +87,35 @@ pub async fn spawn_service(
     env: &[(&str, String)],
 ) -> anyhow::Result<(Service, Duration)> {
     let addr = free_addr()?;
-    let started = Instant::now();
-    let child = Command::new(dir.join(name))
+    let mut command = Command::new(dir.join(name));
+    command
         .env(addr_var, addr.to_string())
         .env("RUST_LOG", "warn")
         // The load comes from few users (deep-page: one) at thousands of calls a second.
         .env("USER_CALLS_PER_SECOND", "10000000")
         .env("USER_CALLS_BURST", "10000000")
-        .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
+        .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    spawn_serving(name, addr, command).await
+}
+
+/// Starts the floor (`crate::floor`): this binary's hidden `floor-server` subcommand, serving
+/// the replies written in `replies`; returns it with the time it took to report SERVING.
+pub async fn spawn_floor(replies: &std::path::Path) -> anyhow::Result<(Service, Duration)> {
+    let addr = free_addr()?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("floor-server").arg("--addr").arg(addr.to_string()).arg("--replies").arg(replies);
+    spawn_serving("floor", addr, command).await
+}
+
+/// Runs `command` (a gRPC server that will listen on `addr`) and waits until its health
+/// service says SERVING.
+async fn spawn_serving(
+    name: &'static str,
+    addr: SocketAddr,
+    mut command: Command,
+) -> anyhow::Result<(Service, Duration)> {
+    let started = Instant::now();
+    let child = command.stdout(Stdio::null()).spawn().with_context(|| format!("starting {name}"))?;
     let service = Service { name, addr, child };
     // Bounded: 10 s at most.
     while started.elapsed() < Duration::from_secs(10) {
