@@ -53,8 +53,12 @@ pub const CLIENT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 pub(super) async fn configure_session(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     use sqlx::Executor;
     let (timeout, check) = (DEFAULT_STATEMENT_TIMEOUT.as_millis(), CLIENT_CHECK_INTERVAL.as_millis());
-    // Numbers of ours formatted into the statement: safe.
-    let settings = format!("SET statement_timeout = {timeout}; SET client_connection_check_interval = {check}");
+    // Numbers of ours formatted into the statement: safe. PostgreSQL before 14 has no client
+    // check and refuses the setting: there an abandoned statement runs until the timeout.
+    let settings = match conn.server_version_num() {
+        Some(version) if version < 140_000 => format!("SET statement_timeout = {timeout}"),
+        _ => format!("SET statement_timeout = {timeout}; SET client_connection_check_interval = {check}"),
+    };
     conn.execute(sqlx::AssertSqlSafe(settings)).await.map(|_| ())
 }
 

@@ -44,12 +44,16 @@ impl InUse {
     /// Runs `statement` (BEGIN, COMMIT or ROLLBACK; simple protocol, no parameters) and records
     /// whether a transaction is open after it: `open_after`.
     pub(crate) async fn transaction_control(&mut self, statement: String, open_after: bool) -> Result<(), sqlx::Error> {
-        // Open from before BEGIN is sent (a BEGIN answered but not read leaves one open); not
-        // open after COMMIT or ROLLBACK, even one that failed (PostgreSQL ends the transaction).
+        // Open from before BEGIN is sent (a BEGIN answered but not read leaves one open). Only a
+        // statement that succeeded changes that: a COMMIT that failed may never have been sent
+        // (sqlx first reads what an abandoned statement left), so the transaction counts as open
+        // and is rolled back when dropped; a stray ROLLBACK only draws a warning.
         self.open = true;
         let done = self.start().execute(AssertSqlSafe(statement)).await;
         self.settle();
-        self.open = open_after && done.is_ok();
+        if done.is_ok() {
+            self.open = open_after;
+        }
         done.map(|_| ())
     }
 }
@@ -63,7 +67,10 @@ impl Drop for InUse {
         } else if self.open {
             // sqlx returns connections from a spawned task as well; ROLLBACK first.
             tokio::spawn(async move {
-                let _ = conn.execute("ROLLBACK").await;
+                if conn.execute("ROLLBACK").await.is_err() {
+                    // Never back into the pool with a transaction that may still be open.
+                    conn.close_on_drop();
+                }
             });
         }
     }
