@@ -1,7 +1,7 @@
 //! Per-call limits that need the request: the client's deadline (`grpc-timeout`) becomes the
-//! deadline of the call's database work (`database::deadline`), so each statement gets a
-//! `statement_timeout` of the time left (the query is cancelled by PostgreSQL, not left running
-//! after the client gave up), and when it passes before the answer is ready the call is answered
+//! deadline of the call's database work (`database::deadline`: a statement still running when the
+//! call ends has its connection closed, and PostgreSQL cancels it rather than run on after the
+//! client gave up), and when it passes before the answer is ready the call is answered
 //! DEADLINE_EXCEEDED here (tonic's own timer, which would answer CANCELLED "Timeout expired", is
 //! set just after this one and polls this answer first); and an oversized request, which tonic
 //! reports as OUT_OF_RANGE, is answered with RESOURCE_EXHAUSTED as the gRPC spec asks.
